@@ -1,0 +1,25 @@
+"""The ``qm-export`` command line: a click group; each command lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .demo import demo
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="qm-export")
+def main() -> None:
+    """Deploy transformers with QuickMerge++ token merging.
+
+    Export to ONNX, build TensorRT engines with the qm merge/unmerge plugins, and check
+    that every runtime picks the same tokens.
+    """
+
+
+main.add_command(demo)
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""Export to ONNX: qm function bodies, export/parity, and the TensorRT pre-flight checker."""

@@ -1,0 +1,111 @@
+"""Token bookkeeping for models that merge inside their layers.
+
+Every model family (reference architectures and Hugging Face adapters) carries the same
+per-token state through its layers: sizes, position ids, the padding mask, and ``source`` — for
+every *original* token, its index in the current (merged) sequence — so that dense outputs can
+be unmerged back to every original position at the end, whatever the number of merges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..merge import QuickMergeConfig, quickmerge, unmerge
+from ..merge.quickmerge import MergeInfo
+from ..merge.saliency import PriorFn
+
+__all__ = ["TokenState", "merge_tokens", "proportional_bias", "causal_bias", "unmerge_to_input"]
+
+
+@dataclass
+class TokenState:
+    """Per-token state of a sequence of ``M`` current tokens standing for ``N0`` original ones.
+
+    Attributes:
+        sizes: ``(B, M)`` float32, original tokens per current token (0 for merged padding).
+        positions: ``(B, M)`` int64 position ids.
+        mask: ``(B, M)`` bool, True for real tokens.
+        source: ``(B, N0)`` int64, index in the current sequence of every original token.
+    """
+
+    sizes: torch.Tensor
+    positions: torch.Tensor
+    mask: torch.Tensor
+    source: torch.Tensor
+
+    @classmethod
+    def initial(
+        cls, batch: int, n: int, device: torch.device,
+        mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+    ) -> "TokenState":
+        """State of an unmerged sequence of ``n`` tokens (optional ``mask``/``positions`` ``(B, n)``)."""
+        if mask is None:
+            mask = torch.ones(batch, n, dtype=torch.bool, device=device)
+        if positions is None:
+            positions = torch.arange(n, device=device).unsqueeze(0).expand(batch, n)
+        source = torch.arange(n, device=device).unsqueeze(0).expand(batch, n)
+        return cls(torch.ones(batch, n, dtype=torch.float32, device=device), positions.long(), mask.bool(), source)
+
+
+def merge_tokens(
+    hidden: torch.Tensor,
+    state: TokenState,
+    config: QuickMergeConfig,
+    *,
+    attn: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    scales: Sequence[torch.Tensor] | None = None,
+    metric: torch.Tensor | None = None,
+    prior: PriorFn | None = None,
+    training: bool = False,
+    generator: torch.Generator | None = None,
+    extra: Sequence[torch.Tensor] = (),
+) -> tuple[torch.Tensor, TokenState, MergeInfo, list[torch.Tensor]]:
+    """Merge ``hidden`` ``(B, M, D)`` and update ``state``.
+
+    ``extra`` are further ``(B, M, ...)`` per-token tensors that follow the merged tokens by
+    taking their seed's value (e.g. a residual stream kept apart).
+
+    Returns:
+        ``(merged (B, M', D), new_state, info, extra_merged)``.
+    """
+    merged, info = quickmerge(
+        hidden, config, attn=attn, scales=scales, sizes=state.sizes, positions=state.positions,
+        metric=metric, mask=state.mask, prior=prior, training=training, generator=generator,
+    )
+    source = torch.gather(info["assign"], 1, state.source)
+    new_state = TokenState(info["sizes"], info["positions"], info["mask"], source)
+    keep_idx = torch.cat(
+        [torch.arange(config.protect, device=hidden.device).unsqueeze(0).expand(hidden.shape[0], -1), info["seeds"]], 1
+    )
+    extra_merged = [unmerge(t, keep_idx) for t in extra]
+    return merged, new_state, info, extra_merged
+
+
+def proportional_bias(state: TokenState, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Additive key bias ``(B, 1, 1, M)``: ``log(size)`` for real keys, ``-inf`` for padding.
+
+    Proportional attention (ToMe): a merged key standing for ``s`` tokens counts ``s`` times.
+    """
+    real = state.mask
+    logs = torch.log(torch.where(real, state.sizes, torch.ones_like(state.sizes)))
+    bias = torch.where(real, logs, torch.full_like(logs, float("-inf")))
+    return bias[:, None, None, :].to(dtype)
+
+
+def causal_bias(state: TokenState, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Additive causal bias ``(B, 1, M, M)`` from position ids: key ``j`` visible to query ``i``
+    iff ``pos_j <= pos_i`` (a merged token sits at its group's last position in causal mode)."""
+    pos = state.positions
+    allowed = pos.unsqueeze(1) <= pos.unsqueeze(2)  # [b, i, j]
+    eye = torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device).unsqueeze(0)
+    allowed = allowed | eye
+    zero = torch.zeros((), dtype=dtype, device=pos.device)
+    return torch.where(allowed, zero, torch.tensor(float("-inf"), dtype=dtype, device=pos.device)).unsqueeze(1)
+
+
+def unmerge_to_input(hidden: torch.Tensor, state: TokenState) -> torch.Tensor:
+    """Dense outputs back to every original position: ``(B, M, D) -> (B, N0, D)``."""
+    return unmerge(hidden, state.source)

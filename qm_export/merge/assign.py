@@ -87,18 +87,19 @@ def refine(
     seeds: torch.Tensor,
     causal: bool,
     iters: int,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``iters`` rounds of: mass-weighted centroids, then re-assign by ``g_hat . mu``.
 
     Centroids are a ``TokenMerge`` of ``g_hat`` with weights ``m`` over the current grouping,
     normalised (1e-6 floor). Seeds stay in their own group.
 
     Returns:
-        the refined ``assign'`` ``(B, N')`` int64.
+        the refined ``assign'`` ``(B, N')`` int64 and the last round's centroids ``(B, K, Dm)``.
     """
     n = real.shape[1]
     idx = torch.arange(n, device=real.device).unsqueeze(0).expand(real.shape)
     elig = eligibility(idx, real, seeds, torch.gather(real, 1, seeds), causal)
+    mu = batch_gather(g_hat, seeds)
     for _ in range(iters):
         order, offsets = ops.group_index(assign, seeds)
         mu = normalise(ops.merge(g_hat, m, order, offsets))
@@ -106,4 +107,4 @@ def refine(
         assign = _best_eligible(sim, elig)
         own = torch.arange(seeds.shape[1], device=seeds.device).unsqueeze(0).expand_as(seeds)
         assign = assign.scatter(1, seeds, own)
-    return assign
+    return assign, mu

@@ -14,11 +14,12 @@ from typing import Any, TypedDict
 import torch
 
 from . import ops
-from .assign import assign_to_seeds, refine
+from .assign import assign_to_seeds, eligibility, refine
 from .config import QuickMergeConfig, resolve_keep
 from .indexing import batch_gather
 from .ops_reference import group_sum_reference
 from .saliency import PriorFn, normalise, saliency
+from .recording import MergeRecord, add_record, recording_active
 from .select import gumbel_noise, masses, select_seeds
 from .validate import check_inputs
 
@@ -116,8 +117,9 @@ def quickmerge(
     g = inputs.metric[:, p:].float()
     g_hat = torch.where(real.unsqueeze(-1), normalise(g), torch.zeros((), device=x.device))
     assign_local = assign_to_seeds(g_hat, real, seeds, others, causal)
+    targets = None
     if cfg.refine_iters > 0:
-        assign_local = refine(assign_local, g_hat, m, real, seeds, causal, cfg.refine_iters)
+        assign_local, targets = refine(assign_local, g_hat, m, real, seeds, causal, cfg.refine_iters)
 
     order, offsets = ops.group_index(assign_local, seeds)
     sizes_m = inputs.sizes[:, p:]
@@ -140,7 +142,38 @@ def quickmerge(
         "entropy_range": entropy_range,
         "keep": k,
     }
+    if recording_active() and not tracing:
+        _record(cfg, info, g_hat, real, seeds, targets)
     return torch.cat([x[:, :p], merged], 1), info
+
+
+def _record(
+    cfg: QuickMergeConfig,
+    info: MergeInfo,
+    g_hat: torch.Tensor,
+    real: torch.Tensor,
+    seeds: torch.Tensor,
+    targets: torch.Tensor | None,
+) -> None:
+    """Keep the numbers validation judges near-ties on (see :mod:`.recording`)."""
+    with torch.no_grad():
+        if targets is None:
+            targets = batch_gather(g_hat, seeds)
+        n = real.shape[1]
+        idx = torch.arange(n, device=real.device).unsqueeze(0).expand(real.shape)
+        eligible = eligibility(idx, real, seeds, torch.gather(real, 1, seeds), cfg.mode == "causal")
+        add_record(
+            MergeRecord(
+                config=cfg,
+                seeds=info["seeds"].detach(),
+                assign=info["assign"].detach(),
+                saliency=info["saliency"].detach(),
+                entropy_range=info["entropy_range"].detach(),
+                similarity=torch.matmul(g_hat, targets.transpose(1, 2)).detach(),
+                eligible=eligible,
+                real=real,
+            )
+        )
 
 
 def unmerge(y: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,201 @@
+"""``convert`` as a library function: load, export, report, verify."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .files import check_output_path
+from .onnx_export import ExportedModel, export_onnx, metadata_json
+from .verify import VerifyReport, verify_export
+
+__all__ = ["ConvertOptions", "ConvertReport", "run_convert", "declared_shapes", "TINY_REFERENCE_LIMIT"]
+
+#: Models with at most this many parameters also run through the ONNX reference evaluator.
+TINY_REFERENCE_LIMIT = 2_000_000
+
+
+@dataclass
+class ConvertOptions:
+    """Everything ``qm-export convert`` takes (see its ``--help``)."""
+
+    source: str
+    output: Path
+    schedule: Any = None
+    batch: int | None = None
+    seq_len: int | None = None
+    dynamic_seq: bool = True
+    opset: int = 20
+    precision: str | None = None
+    merge_impl: str = "plugin"
+    debug_outputs: bool = False
+    no_merge: bool = False
+    force: bool = False
+    verify: bool = True
+    use_reference: bool | None = None
+    seed: int = 0
+
+
+@dataclass
+class ConvertReport:
+    """What ``convert`` did and measured."""
+
+    source: str
+    family: str
+    precision: str
+    export: dict[str, Any]
+    merge_layers: list[int]
+    tokens_per_layer: list[int]
+    schedule: str
+    verify: VerifyReport | None = None
+    shapes_checked: list[dict[str, list[int]]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "family": self.family,
+            "precision": self.precision,
+            "schedule": self.schedule,
+            "merge_layers": self.merge_layers,
+            "tokens_per_layer": self.tokens_per_layer,
+            "export": self.export,
+            "shapes_checked": self.shapes_checked,
+            "parity": None if self.verify is None else self.verify.to_json(),
+        }
+
+
+def _static_seq(dynamic_shapes: Any) -> Any:
+    """Keep only the batch axis (0) dynamic."""
+    if isinstance(dynamic_shapes, dict):
+        return {k: _static_seq(v) for k, v in dynamic_shapes.items()}
+    if isinstance(dynamic_shapes, (list, tuple)):
+        return type(dynamic_shapes)(_static_seq(v) for v in dynamic_shapes)
+    return dynamic_shapes
+
+
+def declared_shapes(loaded: Any) -> list[tuple[int | None, int | None]]:
+    """``(batch, seq_len)`` pairs to verify: the traced example and the recipe's profile
+    min/opt/max (each distinct once)."""
+    shapes: list[tuple[int | None, int | None]] = [(None, None)]
+    profile = getattr(loaded, "profile_shapes", None)
+    if callable(profile):
+        for pair in profile():
+            if pair not in shapes:
+                shapes.append(pair)
+    return shapes
+
+
+def _profile_metadata(loaded: Any) -> dict[str, str]:
+    recipe = getattr(loaded, "recipe", None)
+    raw = getattr(recipe, "raw", None) or {}
+    shapes = raw.get("build", {}).get("shapes")
+    meta = {}
+    if shapes:
+        meta["qm_export.profile"] = metadata_json(shapes)
+    if recipe is not None:
+        meta["qm_export.recipe"] = str(getattr(recipe, "name", ""))
+    return meta
+
+
+def _print_export(console: Any, report: ConvertReport, exported: ExportedModel) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"exported {exported.path.name}", show_header=False)
+    table.add_row("source", f"{report.source} ({report.family}, {report.precision})")
+    table.add_row("merge impl", exported.merge_impl)
+    table.add_row("nodes", f"{exported.nodes} in the graph, {exported.function_nodes} in {len(exported.functions)} local functions")
+    table.add_row("qm nodes", ", ".join(f"{k} x{v}" for k, v in sorted(exported.qm_nodes.items())) or "none")
+    table.add_row("merge layers", ", ".join(map(str, report.merge_layers)) or "none")
+    table.add_row("tokens per layer", " -> ".join(map(str, report.tokens_per_layer)))
+    table.add_row("file size", f"{exported.file_bytes / 2**20:.2f} MiB" + (" (external data)" if exported.external_data else ""))
+    table.add_row("export time", f"{exported.seconds:.1f} s")
+    console.print(table)
+
+
+def _print_verify(console: Any, verify: VerifyReport) -> None:
+    from rich.table import Table
+
+    table = Table(title="parity vs torch eval")
+    for col in ("runtime", "inputs", "seed flips (near-tie)", "assign flips (near-tie)", "bugs", "worst output", "max abs", "cosine", "ok"):
+        table.add_column(col)
+    for r in verify.results:
+        seeds = sum(layer.seed_flip_rows for layer in r.layers)
+        seed_nt = sum(layer.seed_near_ties for layer in r.layers)
+        assigns = sum(layer.assign_flips for layer in r.layers)
+        assign_nt = sum(layer.assign_near_ties for layer in r.layers)
+        worst = max(r.outputs, key=lambda o: o.max_abs / max(o.atol, 1e-12), default=None)
+        table.add_row(
+            r.backend,
+            " ".join(f"{k}{v}" for k, v in r.inputs.items()),
+            f"{seeds} ({seed_nt})", f"{assigns} ({assign_nt})", str(r.bugs),
+            worst.name if worst else "-",
+            f"{worst.max_abs:.2e} (tol {worst.atol:.0e})" if worst else "-",
+            f"{worst.cosine:.6f}" if worst else "-",
+            "[green]yes[/]" if r.ok else "[red]NO[/]",
+        )
+    console.print(table)
+    if verify.saved_matches_debug is not None:
+        console.print(f"saved model gives the verified model's outputs bit for bit: {verify.saved_matches_debug}")
+
+
+def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
+    """Load ``options.source``, export it, print what was done, and verify parity."""
+    from rich.console import Console
+
+    from ..backends.onnxruntime import OrtRunner
+    from ..backends.reference import ReferenceRunner
+    from ..models import load_source
+
+    console = console or Console(stderr=True)
+    check_output_path(options.output, force=options.force, suffix=".onnx")
+    with console.status(f"loading {options.source}"):
+        loaded = load_source(
+            options.source, schedule=options.schedule, no_merge=options.no_merge,
+            precision=options.precision, batch=options.batch, seq_len=options.seq_len,
+            debug_outputs=True, seed=options.seed,
+        )
+        if not options.dynamic_seq:
+            loaded.dynamic_shapes = _static_seq(loaded.dynamic_shapes)
+    precision = loaded.precision
+    metadata = {
+        "qm_export.source": options.source,
+        "qm_export.family": loaded.family,
+        "qm_export.precision": precision,
+        "qm_export.schedule": "none" if options.no_merge else loaded.schedule.describe(),
+        "qm_export.merge_layers": metadata_json(list(loaded.merge_layers)),
+        "qm_export.tolerances": metadata_json(loaded.tolerances),
+        **_profile_metadata(loaded),
+    }
+    with console.status(f"exporting to ONNX (opset {options.opset}, {options.merge_impl})"):
+        exported = export_onnx(
+            loaded, options.output, opset=options.opset, merge_impl=options.merge_impl,
+            debug_outputs=options.debug_outputs, force=options.force, metadata=metadata,
+        )
+    report = ConvertReport(
+        source=options.source, family=loaded.family, precision=precision, export=exported.summary(),
+        merge_layers=list(loaded.merge_layers),
+        tokens_per_layer=list(loaded.tokens_per_layer(loaded.example_inputs)),
+        schedule=metadata["qm_export.schedule"],
+    )
+    _print_export(console, report, exported)
+    try:
+        if options.verify:
+            tol = loaded.tolerances.get(precision, loaded.tolerances.get("fp32", {"atol": 1e-4}))
+            use_ref = options.use_reference
+            if use_ref is None:
+                use_ref = sum(p.numel() for p in loaded.model.parameters()) <= TINY_REFERENCE_LIMIT
+            runners: list[Any] = [OrtRunner] + ([ReferenceRunner] if use_ref else [])
+            input_sets = [loaded.sample_inputs(batch=b, seq_len=s, seed=options.seed + i)
+                          for i, (b, s) in enumerate(declared_shapes(loaded))]
+            report.shapes_checked = [{n: list(t.shape) for n, t in zip(loaded.input_names, inp)} for inp in input_sets]
+            with console.status("checking parity (torch vs ONNX Runtime)") as status:
+                report.verify = verify_export(
+                    loaded, exported, input_sets, runners,
+                    atol=float(tol.get("atol", 1e-4)), rtol=float(tol.get("rtol", 0.0)),
+                    progress=lambda msg: status.update(f"checking parity: {msg}"),
+                )
+            _print_verify(console, report.verify)
+    finally:
+        exported.cleanup()
+    return report

@@ -1,0 +1,62 @@
+"""Output files: checked before work starts, written atomically, never overwritten silently."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["OutputPathError", "check_output_path", "replace_atomically", "write_bytes_atomically"]
+
+
+class OutputPathError(ValueError):
+    """An output path that exists (without ``force``) or cannot be written."""
+
+
+def check_output_path(path: str | os.PathLike[str], *, force: bool, suffix: str | None = None) -> Path:
+    """Validate an output file path before any work is done.
+
+    Raises:
+        OutputPathError: the file exists and ``force`` is False, it is a directory, its folder
+            does not exist or is not writable, or it lacks ``suffix``.
+    """
+    out = Path(path).expanduser()
+    if suffix is not None and out.suffix != suffix:
+        raise OutputPathError(f"output path {str(out)!r} must end in {suffix}")
+    if out.is_dir():
+        raise OutputPathError(f"output path {str(out)!r} is a directory")
+    if out.exists() and not force:
+        raise OutputPathError(f"output path {str(out)!r} exists; pass --force to overwrite it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputPathError(f"output folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"output folder {str(parent)!r} is not writable")
+    return out.resolve()
+
+
+def replace_atomically(files: Sequence[Path], folder: Path) -> list[Path]:
+    """Move staged ``files`` into ``folder`` with ``os.replace`` (data files first, model last)."""
+    moved = []
+    for src in sorted(files, key=lambda p: 0 if p.suffix == ".data" else 1):
+        dst = folder / src.name
+        os.replace(src, dst)
+        moved.append(dst)
+    return moved
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -67,6 +67,7 @@ def test_engine_matches_onnxruntime(tmp_path: Path, batch: int, n: int) -> None:
     np.testing.assert_allclose(got["merged"], want_merged, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["out"], want_out, rtol=1e-5, atol=1e-5)
     assert result.sidecar["plugins"]["used"] == ["qm::TokenGroupIndex", "qm::TokenMerge", "qm::TokenUnmerge"]
+    assert result.sidecar["plugins"]["plugin_layers"] == 3  # the plugins ran, not the inlined functions
 
 
 def test_sidecar_timing_cache_and_force(tmp_path: Path) -> None:

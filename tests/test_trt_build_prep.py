@@ -139,12 +139,22 @@ def test_sidecar_contents(tmp_path: Path) -> None:
     plan = plan_precision(parse_trt_version("10.13.3.9"), "fp16", "fp32")
     profile = Profile({"x": ShapeRange((1, 4, 8), (2, 16, 8), (4, 64, 8))}, source="shapes")
     doc = make_sidecar(
-        onnx_path=tmp_path / "m.onnx", onnx_sha256="ab" * 32, engine_path=tmp_path / "m.engine",
-        engine_sha256="cd" * 32, engine_bytes=1234, trt_version="10.13.3.9", plan=plan,
-        network_flags=["PREFER_AOT_PYTHON_PLUGINS"], profile=profile, plugins=["qm::TokenMerge"],
-        workspace_bytes=2**30, timing_cache=None, build_seconds=12.3456,
+        onnx_path=tmp_path / "m.onnx",
+        onnx_sha256="ab" * 32,
+        engine_path=tmp_path / "m.engine",
+        engine_sha256="cd" * 32,
+        engine_bytes=1234,
+        trt_version="10.13.3.9",
+        plan=plan,
+        network_flags=["PREFER_AOT_PYTHON_PLUGINS"],
+        profile=profile,
+        plugins=["qm::TokenMerge"],
+        workspace_bytes=2**30,
+        timing_cache=None,
+        build_seconds=12.3456,
         environment={"cuda": {"runtime_version": "12.8"}, "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"}},
-        device_memory_bytes=4096, io_tensors=[{"name": "x", "mode": "INPUT", "dtype": "FLOAT", "shape": [-1, -1, 8]}],
+        device_memory_bytes=4096,
+        io_tensors=[{"name": "x", "mode": "INPUT", "dtype": "FLOAT", "shape": [-1, -1, 8]}],
         now=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
     )
     assert json.loads(json.dumps(doc)) == doc  # plain JSON
@@ -152,12 +162,18 @@ def test_sidecar_contents(tmp_path: Path) -> None:
     assert doc["created_utc"] == "2026-01-02T03:04:05+00:00" and doc["build_seconds"] == 12.346
     assert doc["onnx"]["sha256"] == "ab" * 32 and doc["engine"]["bytes"] == 1234
     assert doc["tensorrt"] == {
-        "version": "10.13.3.9", "strongly_typed": False, "network_flags": ["PREFER_AOT_PYTHON_PLUGINS"],
-        "builder_flags": ["FP16"], "cleared_builder_flags": ["TF32"],
+        "version": "10.13.3.9",
+        "strongly_typed": False,
+        "network_flags": ["PREFER_AOT_PYTHON_PLUGINS"],
+        "builder_flags": ["FP16"],
+        "cleared_builder_flags": ["TF32"],
     }
     assert doc["gpu"]["name"] == "NVIDIA H200" and doc["cuda"]["runtime_version"] == "12.8"
     assert doc["precision"] == "fp16"
-    assert doc["profile"] == {"source": "shapes", "inputs": {"x": {"min": [1, 4, 8], "opt": [2, 16, 8], "max": [4, 64, 8]}}}
+    assert doc["profile"] == {
+        "source": "shapes",
+        "inputs": {"x": {"min": [1, 4, 8], "opt": [2, 16, 8], "max": [4, 64, 8]}},
+    }
     assert doc["plugins"] == {"used": ["qm::TokenMerge"], "aot": True}
     assert doc["workspace_bytes"] == 2**30 and doc["device_memory_bytes"] == 4096
     assert any("deprecated" in n for n in doc["notes"])
@@ -168,7 +184,9 @@ def test_missing_tensorrt_message(monkeypatch: pytest.MonkeyPatch, onnx_file: Pa
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # as where TensorRT is not installed
     request = BuildRequest(onnx_file, onnx_file.with_suffix(".engine"), shapes=("x:1x4x8,2x16x8,4x64x8",))
-    with pytest.raises(TensorRTUnavailable, match=r"pip install 'qm-export\[trt\]'.*tensorrt>=10.9.*GPU|GPU.*pip install"):
+    with pytest.raises(
+        TensorRTUnavailable, match=r"pip install 'qm-export\[trt\]'.*tensorrt>=10.9.*GPU|GPU.*pip install"
+    ):
         build_engine(request)
     assert not onnx_file.with_suffix(".engine").exists()
     assert not os.path.exists(sidecar_path(onnx_file.with_suffix(".engine")))

@@ -50,8 +50,15 @@ def test_clean_export_like_graph(version: str) -> None:
 # --- TopK ---------------------------------------------------------------------------------
 
 
-def _topk(k_input: str, inits=(), extra_inputs=(), sorted_attr: int | None = None, n: int = 5000, opset: int = 20,
-          k_attr: int | None = None) -> onnx.ModelProto:
+def _topk(
+    k_input: str,
+    inits=(),
+    extra_inputs=(),
+    sorted_attr: int | None = None,
+    n: int = 5000,
+    opset: int = 20,
+    k_attr: int | None = None,
+) -> onnx.ModelProto:
     attrs = {"axis": 1}
     if sorted_attr is not None:
         attrs["sorted"] = sorted_attr
@@ -59,7 +66,11 @@ def _topk(k_input: str, inits=(), extra_inputs=(), sorted_attr: int | None = Non
         attrs["k"] = k_attr
     node = h.make_node("TopK", ["s", k_input] if k_input else ["s"], ["v", "i"], name="topk", **attrs)
     return single_op_model(
-        node, [("s", TP.FLOAT, [2, n]), *extra_inputs], [("v", TP.FLOAT, None), ("i", TP.INT64, None)], inits, opset=opset
+        node,
+        [("s", TP.FLOAT, [2, n]), *extra_inputs],
+        [("v", TP.FLOAT, None), ("i", TP.INT64, None)],
+        inits,
+        opset=opset,
     )
 
 
@@ -116,7 +127,9 @@ def test_scatter_reductions(op: str, severity: str) -> None:
     idx_shape = [2, 1] if op == "ScatterND" else [2]
     node = h.make_node(op, ["data", "idx", "upd"], ["out"], name="scatter", reduction="add")
     model = single_op_model(
-        node, [("data", TP.FLOAT, [4]), ("upd", TP.FLOAT, [2])], [("out", TP.FLOAT, [4])],
+        node,
+        [("data", TP.FLOAT, [4]), ("upd", TP.FLOAT, [2])],
+        [("out", TP.FLOAT, [4])],
         [i64("idx", np.zeros(idx_shape))],
     )
     rule = f"{op.lower()}-reduction"
@@ -143,7 +156,9 @@ def test_needs_build_time_constant(op: str, rule: str) -> None:
 
 
 def test_nonzero_is_data_dependent_warning() -> None:
-    model = single_op_model(h.make_node("NonZero", ["x"], ["y"], name="nz"), [("x", TP.FLOAT, [4])], [("y", TP.INT64, None)])
+    model = single_op_model(
+        h.make_node("NonZero", ["x"], ["y"], name="nz"), [("x", TP.FLOAT, [4])], [("y", TP.INT64, None)]
+    )
     assert only(run(model), "data-dependent-shape").severity == "warning"
 
 
@@ -162,9 +177,13 @@ def test_unsupported_ops(op: str) -> None:
     assert only(run(model), "unsupported-op").severity == "error"
 
 
-@pytest.mark.parametrize("op,old,new", [("Attention", "10.13", "10.14"), ("Swish", "10.16", "11.0"), ("STFT", "10.4", "10.5")])
+@pytest.mark.parametrize(
+    "op,old,new", [("Attention", "10.13", "10.14"), ("Swish", "10.16", "11.0"), ("STFT", "10.4", "10.5")]
+)
 def test_ops_added_in_later_versions(op: str, old: str, new: str) -> None:
-    model = single_op_model(h.make_node(op, ["x"], ["y"], name="n"), [("x", TP.FLOAT, [2])], [("y", TP.FLOAT, None)], opset=24)
+    model = single_op_model(
+        h.make_node(op, ["x"], ["y"], name="n"), [("x", TP.FLOAT, [2])], [("y", TP.FLOAT, None)], opset=24
+    )
     assert f"TensorRT {new} and later" in only(run(model, old), "op-too-new").message
     assert "op-too-new" not in rules(run(model, new))
 
@@ -179,7 +198,9 @@ def test_custom_domain_op() -> None:
 def test_custom_op_with_local_function_is_inlined() -> None:
     fn = h.make_function("my", "Twice", ["a"], ["b"], [h.make_node("Add", ["a", "a"], ["b"])], [h.make_opsetid("", 20)])
     node = h.make_node("Twice", ["x"], ["y"], name="t", domain="my")
-    model = single_op_model(node, [("x", TP.FLOAT, [2])], [("y", TP.FLOAT, [2])], functions=[fn], extra_opsets={"my": 1})
+    model = single_op_model(
+        node, [("x", TP.FLOAT, [2])], [("y", TP.FLOAT, [2])], functions=[fn], extra_opsets={"my": 1}
+    )
     assert run(model).ok and "custom-op" not in rules(run(model))
 
 
@@ -213,7 +234,9 @@ def test_uint8_only_at_the_boundary() -> None:
 
 
 def test_fp4_needs_10_8() -> None:
-    model = single_op_model(h.make_node("Identity", ["x"], ["y"]), [("x", TP.FLOAT4E2M1, [2])], [("y", TP.FLOAT4E2M1, [2])], opset=23)
+    model = single_op_model(
+        h.make_node("Identity", ["x"], ["y"]), [("x", TP.FLOAT4E2M1, [2])], [("y", TP.FLOAT4E2M1, [2])], opset=23
+    )
     assert only(run(model, "10.7"), "dtype").severity == "error"
     assert only(run(model, "10.8"), "dtype").severity == "info"
 
@@ -221,12 +244,20 @@ def test_fp4_needs_10_8() -> None:
 # --- qm plugin nodes ----------------------------------------------------------------------
 
 
-def _unmerge(attrs: dict | None = None, domain: str = "qm", functions: bool = True, op: str = "TokenUnmerge",
-             inputs=("y", "assign")) -> onnx.ModelProto:
+def _unmerge(
+    attrs: dict | None = None,
+    domain: str = "qm",
+    functions: bool = True,
+    op: str = "TokenUnmerge",
+    inputs=("y", "assign"),
+) -> onnx.ModelProto:
     node = qm_node(op, inputs, ["out"], "unmerge", domain=domain, attrs=attrs)
     return make_model(
-        [node], [("y", TP.FLOAT, ["B", 4, 8]), ("assign", TP.INT32, ["B", "N"])], [("out", TP.FLOAT, ["B", "N", 8])],
-        functions=[token_unmerge_function()] if functions else [], extra_opsets={"qm": 1},
+        [node],
+        [("y", TP.FLOAT, ["B", 4, 8]), ("assign", TP.INT32, ["B", "N"])],
+        [("out", TP.FLOAT, ["B", "N", 8])],
+        functions=[token_unmerge_function()] if functions else [],
+        extra_opsets={"qm": 1},
     )
 
 
@@ -306,13 +337,24 @@ def test_function_body_findings_follow_the_plugin_choice() -> None:
 
 
 def test_unused_and_nested_functions() -> None:
-    inner = h.make_function("my", "Inner", ["a"], ["b"], [h.make_node("NonZero", ["a"], ["b"], name="deep")], [h.make_opsetid("", 20)])
-    outer = h.make_function("my", "Outer", ["a"], ["b"], [h.make_node("Inner", ["a"], ["b"], domain="my")],
-                            [h.make_opsetid("", 20), h.make_opsetid("my", 1)])
-    unused = h.make_function("my", "Unused", ["a"], ["b"], [h.make_node("Det", ["a"], ["b"], name="dead")], [h.make_opsetid("", 20)])
+    inner = h.make_function(
+        "my", "Inner", ["a"], ["b"], [h.make_node("NonZero", ["a"], ["b"], name="deep")], [h.make_opsetid("", 20)]
+    )
+    outer = h.make_function(
+        "my",
+        "Outer",
+        ["a"],
+        ["b"],
+        [h.make_node("Inner", ["a"], ["b"], domain="my")],
+        [h.make_opsetid("", 20), h.make_opsetid("my", 1)],
+    )
+    unused = h.make_function(
+        "my", "Unused", ["a"], ["b"], [h.make_node("Det", ["a"], ["b"], name="dead")], [h.make_opsetid("", 20)]
+    )
     node = h.make_node("Outer", ["x"], ["y"], domain="my", name="call")
-    model = single_op_model(node, [("x", TP.FLOAT, [4])], [("y", TP.INT64, None)], functions=[inner, outer, unused],
-                            extra_opsets={"my": 1})
+    model = single_op_model(
+        node, [("x", TP.FLOAT, [4])], [("y", TP.INT64, None)], functions=[inner, outer, unused], extra_opsets={"my": 1}
+    )
     report = run(model)
     assert only(report, "data-dependent-shape").severity == "warning"  # Inner is parsed through Outer
     dead = only(report, "unsupported-op")
@@ -326,7 +368,10 @@ def test_if_branches_are_walked() -> None:
     def branch(name: str, k: int) -> onnx.GraphProto:
         return h.make_graph(
             [h.make_node("TopK", ["s", f"K{name}"], [f"v{name}", f"i{name}"], axis=1, name=f"topk_{name}")],
-            name, [], [h.make_tensor_value_info(f"v{name}", TP.FLOAT, None)], initializer=[i64(f"K{name}", [k])],
+            name,
+            [],
+            [h.make_tensor_value_info(f"v{name}", TP.FLOAT, None)],
+            initializer=[i64(f"K{name}", [k])],
         )
 
     node = h.make_node("If", ["c"], ["v"], name="if0", then_branch=branch("then", 5000), else_branch=branch("else", 8))
@@ -338,10 +383,21 @@ def test_if_branches_are_walked() -> None:
 # --- model level: opset, external data ----------------------------------------------------
 
 
-@pytest.mark.parametrize("opset,version,warn", [(8, "10.13", True), (17, "10.13", False), (24, "10.13", True),
-                                                (24, "10.15", False), (25, "11.4", True), (25, "11.5", False)])
+@pytest.mark.parametrize(
+    "opset,version,warn",
+    [
+        (8, "10.13", True),
+        (17, "10.13", False),
+        (24, "10.13", True),
+        (24, "10.15", False),
+        (25, "11.4", True),
+        (25, "11.5", False),
+    ],
+)
 def test_opset_range(opset: int, version: str, warn: bool) -> None:
-    model = single_op_model(h.make_node("Relu", ["x"], ["y"]), [("x", TP.FLOAT, [2])], [("y", TP.FLOAT, [2])], opset=opset)
+    model = single_op_model(
+        h.make_node("Relu", ["x"], ["y"]), [("x", TP.FLOAT, [2])], [("y", TP.FLOAT, [2])], opset=opset
+    )
     report = run(model, version)
     assert ("opset-range" in rules(report, "warning")) is warn
 
@@ -350,8 +406,14 @@ def test_external_data(tmp_path) -> None:
     from qm_export.export.trt_check import check_onnx_file
 
     path = tmp_path / "m.onnx"
-    onnx.save(export_like_model(d=64), path, save_as_external_data=True, all_tensors_to_one_file=True,
-              location="m.onnx.data", size_threshold=0)
+    onnx.save(
+        export_like_model(d=64),
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="m.onnx.data",
+        size_threshold=0,
+    )
     f = only(check_onnx_file(path, parse_trt_version("10.13")), "external-data")
     assert f.severity == "info" and "m.onnx.data" in f.message
     (tmp_path / "m.onnx.data").unlink()
@@ -379,3 +441,18 @@ def test_json_document() -> None:
     assert set(finding) == {"severity", "rule", "node", "op", "function", "graph", "message", "fix"}
     severities = [f["severity"] for f in doc["findings"]]
     assert severities == sorted(severities, key=["error", "warning", "info"].index)
+
+
+def test_cumsum_folded_axis_needs_10_8() -> None:
+    nodes = [
+        h.make_node("Constant", [], ["a"], value=i64("a", 0)),
+        h.make_node("Identity", ["a"], ["axis"]),
+        h.make_node("CumSum", ["x", "axis"], ["y"], name="cs"),
+    ]
+    model = make_model(nodes, [("x", TP.FLOAT, [3])], [("y", TP.FLOAT, [3])])
+    assert only(run(model, "10.7"), "cumsum-axis").severity == "error"
+    assert "cumsum-axis" not in rules(run(model, "10.8"))
+    direct = make_model(
+        [nodes[0], h.make_node("CumSum", ["x", "a"], ["y"])], [("x", TP.FLOAT, [3])], [("y", TP.FLOAT, [3])]
+    )
+    assert "cumsum-axis" not in rules(run(direct, "10.7"))

@@ -28,8 +28,12 @@ def files(tmp_path: Path) -> dict[str, Path]:
     big_k = tmp_path / "bigk.onnx"
     node = h.make_node("TopK", ["s", "K"], ["v", "i"], axis=1, name="select")
     onnx.save(
-        single_op_model(node, [("s", TP.FLOAT, [1, 5000])], [("v", TP.FLOAT, None), ("i", TP.INT64, None)],
-                        [numpy_helper.from_array(np.array([4000], np.int64), "K")]),
+        single_op_model(
+            node,
+            [("s", TP.FLOAT, [1, 5000])],
+            [("v", TP.FLOAT, None), ("i", TP.INT64, None)],
+            [numpy_helper.from_array(np.array([4000], np.int64), "K")],
+        ),
         big_k,
     )
     static = tmp_path / "static.onnx"

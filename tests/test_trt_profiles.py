@@ -116,7 +116,10 @@ def _meta(profile: dict) -> dict:
     return {PROFILE_METADATA_KEY: json.dumps(profile)}
 
 
-META = {"input_ids": {"min": [1, 1], "opt": [2, 64], "max": [4, 128]}, "mask": {"min": [1, 1, 4], "opt": [2, 64, 4], "max": [4, 128, 4]}}
+META = {
+    "input_ids": {"min": [1, 1], "opt": [2, 64], "max": [4, 128]},
+    "mask": {"min": [1, 1, 4], "opt": [2, 64, 4], "max": [4, 128, 4]},
+}
 
 
 def test_metadata_profile() -> None:

@@ -102,17 +102,24 @@ def test_plugin_over_function(version: str, has_ns: bool, domain_is_ns: bool, ex
 
 
 @pytest.mark.parametrize(
-    "version,opset", [("10.0", 20), ("10.5", 20), ("10.6", 22), ("10.11", 23), ("10.15", 24), ("11.4", 24), ("11.5", 25)]
+    "version,opset",
+    [("10.0", 20), ("10.5", 20), ("10.6", 22), ("10.11", 23), ("10.15", 24), ("11.4", 24), ("11.5", 25)],
 )
 def test_max_onnx_opset(version: str, opset: int) -> None:
     assert max_onnx_opset(parse_trt_version(version)) == opset
 
 
 # NetworkDefinitionCreationFlag values differ between releases (NvInfer.h of 10.16 vs 11.1).
-TRT10_FLAGS = SimpleNamespace(__name__="NetworkDefinitionCreationFlag", EXPLICIT_BATCH=0, STRONGLY_TYPED=1,
-                              PREFER_JIT_PYTHON_PLUGINS=2, PREFER_AOT_PYTHON_PLUGINS=3)
-TRT11_FLAGS = SimpleNamespace(__name__="NetworkDefinitionCreationFlag", STRONGLY_TYPED=0,
-                              PREFER_JIT_PYTHON_PLUGINS=1, PREFER_AOT_PYTHON_PLUGINS=2)
+TRT10_FLAGS = SimpleNamespace(
+    __name__="NetworkDefinitionCreationFlag",
+    EXPLICIT_BATCH=0,
+    STRONGLY_TYPED=1,
+    PREFER_JIT_PYTHON_PLUGINS=2,
+    PREFER_AOT_PYTHON_PLUGINS=3,
+)
+TRT11_FLAGS = SimpleNamespace(
+    __name__="NetworkDefinitionCreationFlag", STRONGLY_TYPED=0, PREFER_JIT_PYTHON_PLUGINS=1, PREFER_AOT_PYTHON_PLUGINS=2
+)
 
 
 def test_combine_flags_uses_the_enum_values() -> None:
@@ -133,3 +140,44 @@ def test_device_memory_prefers_v2() -> None:
     assert device_memory_bytes(SimpleNamespace(device_memory_size_v2=123, device_memory_size=99)) == 123
     assert device_memory_bytes(SimpleNamespace(device_memory_size=99)) == 99  # before 10.1
     assert device_memory_bytes(SimpleNamespace()) is None
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("10.13.3.9", TrtVersion(10, 13, 3, 9)),
+        ("10.9.0.34.post1", TrtVersion(10, 9, 0, 34)),
+        ("11.4", TrtVersion(11, 4)),
+    ],
+)
+def test_installed_version(text: str, expected: TrtVersion) -> None:
+    from qm_export.trt.versions import installed_version
+
+    assert installed_version(text) == expected
+
+
+def test_installed_version_garbage() -> None:
+    from qm_export.trt.versions import installed_version
+
+    with pytest.raises(ValueError, match="'unknown'"):
+        installed_version("unknown")
+
+
+def test_count_plugin_layers() -> None:
+    from qm_export.trt.builder import count_plugin_layers
+
+    layers = ["LayerType.SHUFFLE", "LayerType.PLUGIN_V3", "LayerType.MATRIX_MULTIPLY", "LayerType.PLUGIN_V3"]
+    network = SimpleNamespace(num_layers=len(layers), get_layer=lambda i: SimpleNamespace(type=layers[i]))
+    assert count_plugin_layers(network) == 2
+
+
+@pytest.mark.parametrize(
+    "version,ok", [("10.8.0.43", False), ("10.6", False), ("10.9.0.34", True), ("11.4.0.106", True)]
+)
+def test_build_version_gate(version: str, ok: bool) -> None:
+    from qm_export.trt.versions import build_version_problem
+
+    problem = build_version_problem(parse_trt_version(version))
+    assert (problem is None) is ok
+    if not ok:
+        assert "PREFER_AOT_PYTHON_PLUGINS need 10.9+" in problem

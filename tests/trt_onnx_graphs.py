@@ -25,16 +25,30 @@ def _const(name: str, values, dtype=np.int64) -> onnx.NodeProto:
     return h.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
 
 
-def qm_node(op: str, inputs: Sequence[str], outputs: Sequence[str], name: str | None = None,
-            domain: str = "qm", attrs: dict | None = None) -> onnx.NodeProto:
+def qm_node(
+    op: str,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    name: str | None = None,
+    domain: str = "qm",
+    attrs: dict | None = None,
+) -> onnx.NodeProto:
     """A qm node; ``attrs`` replaces the default ``plugin_namespace``/``plugin_version``."""
-    return h.make_node(op, list(inputs), list(outputs), name=name or f"{op}_0", domain=domain,
-                       **(QM_ATTRS if attrs is None else attrs))
+    return h.make_node(
+        op, list(inputs), list(outputs), name=name or f"{op}_0", domain=domain, **(QM_ATTRS if attrs is None else attrs)
+    )
 
 
 def _function(name: str, inputs, outputs, nodes, opset: int) -> onnx.FunctionProto:
-    return h.make_function("qm", name, list(inputs), list(outputs), nodes,
-                           [h.make_opsetid("", opset)], attributes=["plugin_namespace", "plugin_version"])
+    return h.make_function(
+        "qm",
+        name,
+        list(inputs),
+        list(outputs),
+        nodes,
+        [h.make_opsetid("", opset)],
+        attributes=["plugin_namespace", "plugin_version"],
+    )
 
 
 def token_unmerge_function(opset: int = OPSET) -> onnx.FunctionProto:
@@ -60,7 +74,11 @@ def token_group_index_function(opset: int = OPSET) -> onnx.FunctionProto:
         h.make_node("Shape", ["seeds"], ["k1"], start=1, end=2),
         h.make_node("Squeeze", ["n1"], ["n"]),
         h.make_node("Squeeze", ["k1"], ["k"]),
-        _const("zero", 0), _const("one", 1), _const("ax1", [1]), _const("ax2", [2]), _const("axis1", 1),
+        _const("zero", 0),
+        _const("one", 1),
+        _const("ax1", [1]),
+        _const("ax2", [2]),
+        _const("axis1", 1),
         h.make_node("Range", ["zero", "n", "one"], ["pos"]),
         h.make_node("Mul", ["a64", "n"], ["scaled"]),
         h.make_node("Add", ["scaled", "pos"], ["key"]),
@@ -85,8 +103,13 @@ def token_merge_function(opset: int = OPSET) -> onnx.FunctionProto:
     nodes = [
         h.make_node("Cast", ["order"], ["o64"], to=TP.INT64),
         h.make_node("GatherElements", ["weight", "o64"], ["ws"], axis=1),
-        _const("ax0", [0]), _const("ax1", [1]), _const("ax2", [2]), _const("ax02", [0, 2]),
-        _const("zero", 0), _const("one", 1), _const("big", [2**31 - 1]),
+        _const("ax0", [0]),
+        _const("ax1", [1]),
+        _const("ax2", [2]),
+        _const("ax02", [0, 2]),
+        _const("zero", 0),
+        _const("one", 1),
+        _const("big", [2**31 - 1]),
         h.make_node("Unsqueeze", ["o64", "ax2"], ["o3"]),
         h.make_node("Shape", ["x"], ["sx"]),
         h.make_node("Expand", ["o3", "sx"], ["idx"]),
@@ -108,7 +131,8 @@ def token_merge_function(opset: int = OPSET) -> onnx.FunctionProto:
         h.make_node("Unsqueeze", ["g", "ax1"], ["g3"]),
         h.make_node("Equal", ["groups3", "g3"], ["member"]),
         h.make_node("Cast", ["member"], ["memberf"], to=TP.FLOAT),
-        _const("fzero", 0.0, np.float32), _const("fone", 1.0, np.float32),
+        _const("fzero", 0.0, np.float32),
+        _const("fone", 1.0, np.float32),
         h.make_node("Greater", ["ws", "fzero"], ["read"]),
         h.make_node("Where", ["read", "ws", "fzero"], ["wpos"]),
         h.make_node("Unsqueeze", ["wpos", "ax1"], ["w3"]),
@@ -132,11 +156,20 @@ QM_FUNCTIONS = {
 }
 
 
-def make_model(nodes, inputs, outputs, initializers=(), functions=(), opset: int = OPSET,
-               extra_opsets: dict | None = None, metadata: dict | None = None) -> onnx.ModelProto:
+def make_model(
+    nodes,
+    inputs,
+    outputs,
+    initializers=(),
+    functions=(),
+    opset: int = OPSET,
+    extra_opsets: dict | None = None,
+    metadata: dict | None = None,
+) -> onnx.ModelProto:
     """A model from nodes; ``inputs``/``outputs`` are ``(name, elem_type, shape)`` triples."""
     graph = h.make_graph(
-        list(nodes), "g",
+        list(nodes),
+        "g",
         [h.make_tensor_value_info(n, t, s) for n, t, s in inputs],
         [h.make_tensor_value_info(n, t, s) for n, t, s in outputs],
         initializer=list(initializers),
@@ -151,8 +184,15 @@ def make_model(nodes, inputs, outputs, initializers=(), functions=(), opset: int
     return model
 
 
-def export_like_model(k: int = 4, d: int = 8, functions: bool = True, qm_attrs: dict | None = None,
-                      opset: int = OPSET, n: int | str = "N", batch: int | str = "B") -> onnx.ModelProto:
+def export_like_model(
+    k: int = 4,
+    d: int = 8,
+    functions: bool = True,
+    qm_attrs: dict | None = None,
+    opset: int = OPSET,
+    n: int | str = "N",
+    batch: int | str = "B",
+) -> onnx.ModelProto:
     """Selection in standard ops, then TokenGroupIndex -> TokenMerge -> Relu -> TokenUnmerge.
 
     Inputs: ``x (B, N, D)`` float32. Outputs: ``out (B, N, D)`` and ``merged (B, K, D)``.
@@ -181,11 +221,21 @@ def export_like_model(k: int = 4, d: int = 8, functions: bool = True, qm_attrs: 
         nodes,
         [("x", TP.FLOAT, [batch, n, d])],
         [("out", TP.FLOAT, [batch, n, d]), ("merged", TP.FLOAT, [batch, k, d])],
-        inits, fns, opset, extra_opsets={"qm": 1},
+        inits,
+        fns,
+        opset,
+        extra_opsets={"qm": 1},
     )
 
 
-def single_op_model(node: onnx.NodeProto, inputs, outputs, initializers=(), functions=(),
-                    opset: int = OPSET, extra_opsets: dict | None = None) -> onnx.ModelProto:
+def single_op_model(
+    node: onnx.NodeProto,
+    inputs,
+    outputs,
+    initializers=(),
+    functions=(),
+    opset: int = OPSET,
+    extra_opsets: dict | None = None,
+) -> onnx.ModelProto:
     """A model around one node (plus its initializers)."""
     return make_model([node], inputs, outputs, initializers, functions, opset, extra_opsets)

@@ -30,7 +30,9 @@ def _workspace(ctx: click.Context, param: click.Parameter, value: str | None) ->
     metavar="NAME:MIN,OPT,MAX",
     help="Profile of one input, dims separated by 'x' (input_ids:1x8,4x128,8x256). Repeatable. Wins over --recipe.",
 )
-@click.option("--recipe", metavar="NAME_OR_TOML", help="Take the profile from a recipe's [build.shapes.<input>] tables.")
+@click.option(
+    "--recipe", metavar="NAME_OR_TOML", help="Take the profile from a recipe's [build.shapes.<input>] tables."
+)
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
@@ -63,6 +65,7 @@ def build(
     and MODEL.engine.json (versions, GPU, profile, precision, plugins, ONNX SHA-256).
     """
     from rich.console import Console
+    from rich.markup import escape
 
     from ..trt.prepare import BuildError, BuildRequest, TensorRTUnavailable
 
@@ -94,6 +97,8 @@ def build(
     except (TensorRTUnavailable, BuildError) as exc:
         raise click.ClickException(str(exc)) from exc
     side = result.sidecar
+    for note in side.get("notes", []):
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
     click.echo(f"engine  {result.engine_path} ({format_bytes(side['engine']['bytes'])})")
     click.echo(f"sidecar {result.sidecar_path}")
     click.echo(

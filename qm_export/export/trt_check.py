@@ -76,7 +76,7 @@ def _scope_resolvers(model: onnx.ModelProto, opset: int) -> dict[str | None, Con
     initializers = {t.name: t for t in model.graph.initializer}
     for site in sites:
         for attr in site.node.attribute:
-            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 initializers.update({t.name: t for t in g.initializer})
     resolvers: dict[str | None, ConstantResolver] = {
         None: ConstantResolver(initializers, (s.node for s in sites if s.function is None), shapes, opset)
@@ -136,8 +136,13 @@ def check_model(
     plugin_counts: dict[str, int] = defaultdict(int)
     for site in sites:
         ctx = NodeContext(
-            site, node_label(site.node, site.index), version, resolvers[site.function], types.get(site.function, {}),
-            functions, opset or 0,
+            site,
+            node_label(site.node, site.index),
+            version,
+            resolvers[site.function],
+            types.get(site.function, {}),
+            functions,
+            opset or 0,
         )
         for finding in _node_findings(ctx, fates, plugin_counts):
             node_findings.append((site, finding))

@@ -62,6 +62,14 @@ class ConstantResolver:
     def is_constant(self, name: str) -> bool:
         return self.value(name) is not None
 
+    def is_weight(self, name: str) -> bool:
+        """An initializer or the output of a ``Constant`` node: what the parser holds as weights
+        (a constant folded from other ops is a tensor to it)."""
+        if name in self._initializers:
+            return True
+        producer = self._producer.get(name)
+        return producer is not None and producer[0].op_type == "Constant" and self.value(name) is not None
+
     def _compute(self, name: str) -> np.ndarray | None:
         if name in self._initializers:
             tensor = self._initializers[name]

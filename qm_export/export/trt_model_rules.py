@@ -25,7 +25,11 @@ def opset_findings(opset: int | None, version: TrtVersion) -> list[Finding]:
     """The model's default-domain opset against the range the parser documents."""
     top = max_onnx_opset(version)
     if opset is None:
-        return [Finding("warning", "opset-range", "the model imports no default-domain ONNX opset", "export with opset 17-20")]
+        return [
+            Finding(
+                "warning", "opset-range", "the model imports no default-domain ONNX opset", "export with opset 17-20"
+            )
+        ]
     if opset < MIN_OPSET:
         return [
             Finding(
@@ -105,8 +109,12 @@ def _body_types(model: onnx.ModelProto, fn: onnx.FunctionProto, input_types: lis
     inputs = [onnx.helper.make_tensor_value_info(name, t, None) for name, t in zip(fn.input, input_types) if t]
     if len(inputs) != len(fn.input):
         return {}
-    graph = onnx.helper.make_graph(list(fn.node), fn.name, inputs, [onnx.helper.make_value_info(o, onnx.TypeProto()) for o in fn.output])
-    body = onnx.helper.make_model(graph, opset_imports=list(fn.opset_import) or list(model.opset_import), functions=list(model.functions))
+    graph = onnx.helper.make_graph(
+        list(fn.node), fn.name, inputs, [onnx.helper.make_value_info(o, onnx.TypeProto()) for o in fn.output]
+    )
+    body = onnx.helper.make_model(
+        graph, opset_imports=list(fn.opset_import) or list(model.opset_import), functions=list(model.functions)
+    )
     body.ir_version = model.ir_version or onnx.IR_VERSION
     out: dict[str, int] = {}
     _graph_types(_infer(body).graph, out)
@@ -149,7 +157,9 @@ def dtype_findings(
                 severity,
                 "dtype",
                 f"{len(names)} tensor(s) of type {type_name} ({shown}): {reason}",
-                _DTYPE_FIX.get(type_name, f"cast {type_name} tensors to a TensorRT type (float32/float16/int32) at export"),
+                _DTYPE_FIX.get(
+                    type_name, f"cast {type_name} tensors to a TensorRT type (float32/float16/int32) at export"
+                ),
             )
         )
     return findings
@@ -192,7 +202,8 @@ def external_data_findings(model: onnx.ModelProto, base_dir: Path | None) -> lis
             "info",
             "external-data",
             f"{len(tensors)} initializer(s), {total / 2**30:.2f} GiB, stored in external file(s) "
-            f"{', '.join(map(repr, sorted(files)))}" + (" (over protobuf's 2 GB limit, so external data is required)" if big else ""),
+            f"{', '.join(map(repr, sorted(files)))}"
+            + (" (over protobuf's 2 GB limit, so external data is required)" if big else ""),
             "parse from the file path (parse_from_file, as qm-export build does) so TensorRT finds the data files",
         )
     )

@@ -15,7 +15,9 @@ from .trt_rules import NodeContext
 
 __all__ = ["rule_plugin_contract", "plugin_fate", "PLUGIN_FIX"]
 
-PLUGIN_FIX = 'emit the node as qm-export does: domain "qm", plugin_namespace="qm", plugin_version="1", no other attribute'
+PLUGIN_FIX = (
+    'emit the node as qm-export does: domain "qm", plugin_namespace="qm", plugin_version="1", no other attribute'
+)
 
 
 def rule_plugin_contract(ctx: NodeContext) -> Iterator[Finding]:
@@ -98,7 +100,7 @@ def _version(ctx: NodeContext, attr: onnx.AttributeProto | None) -> Iterator[Fin
         yield ctx.finding(
             "warning",
             "plugin-version",
-            f"no plugin_version attribute: the parser assumes \"1\", which matches, but spec §6 requires it",
+            'no plugin_version attribute: the parser assumes "1", which matches, but spec §6 requires it',
             PLUGIN_FIX,
         )
     elif _string_value(attr) != QM_PLUGIN_VERSION:
@@ -121,13 +123,16 @@ def plugin_fate(ctx: NodeContext) -> tuple[str, Finding | None]:
     node, v = ctx.node, ctx.version
     has_function = (node.domain, node.op_type) in ctx.functions
     has_ns = any(a.name == "plugin_namespace" for a in node.attribute)
-    if has_function and not (has_python_plugins(v) and prefers_plugin_over_function(v, has_ns, node.domain == QM_DOMAIN)):
+    if has_function and not (
+        has_python_plugins(v) and prefers_plugin_over_function(v, has_ns, node.domain == QM_DOMAIN)
+    ):
         why = _why_inlined(ctx, has_ns)
         return "function", ctx.finding(
             "warning",
             "plugin-inlined",
-            f"TensorRT {v} inlines the local function {node.op_type} (standard-op body) instead of the qm plugin: {why}",
-            "use TensorRT >= 10.9 with plugin_namespace=\"qm\" on the node, so the plugin (one fused kernel) is used",
+            f"TensorRT {v} inlines the local function {node.op_type} (standard-op body) "
+            f"instead of the qm plugin: {why}",
+            'use TensorRT >= 10.9 with plugin_namespace="qm" on the node, so the plugin (one fused kernel) is used',
         )
     if not has_python_plugins(v):
         return "missing", ctx.finding(
@@ -163,4 +168,7 @@ def _why_inlined(ctx: NodeContext, has_ns: bool) -> str:
         return "parsers before 10.7 always prefer a local function over a plugin of the same name"
     if v.at_least(10, 15):
         return "from 10.15 the parser prefers the plugin only when the node carries plugin_namespace"
-    return "without plugin_namespace the plugin is looked up in namespace '' (the domain fallback needs 10.10+ and domain 'qm')"
+    return (
+        "without plugin_namespace the plugin is looked up in namespace '' "
+        "(the domain fallback needs 10.10+ and domain 'qm')"
+    )

@@ -73,7 +73,8 @@ def rule_op_support(ctx: NodeContext) -> Iterator[Finding]:
             "error",
             "custom-op",
             f"custom op {node.domain}::{node.op_type} has no TensorRT importer and no model-local function; "
-            f"the parser would need a plugin named {node.op_type!r} registered, and qm-export registers only the qm plugins",
+            f"the parser would need a plugin named {node.op_type!r} registered, "
+            "and qm-export registers only the qm plugins",
             "replace it with standard ONNX ops, add a local function of the same domain and name, or register a plugin",
         )
         return
@@ -89,7 +90,11 @@ def rule_op_support(ctx: NodeContext) -> Iterator[Finding]:
         )
         return
     reason = _UNSUPPORTED_REASONS.get(node.op_type)
-    documented = "listed as unsupported in operators.md" if is_documented_unsupported(node.op_type) else "not an op TensorRT imports"
+    documented = (
+        "listed as unsupported in operators.md"
+        if is_documented_unsupported(node.op_type)
+        else "not an op TensorRT imports"
+    )
     yield ctx.finding(
         "error",
         "unsupported-op",
@@ -191,8 +196,24 @@ def rule_onehot_depth(ctx: NodeContext) -> Iterator[Finding]:
 
 
 def rule_cumsum_axis(ctx: NodeContext) -> Iterator[Finding]:
-    """CumSum's axis must be known at build time."""
+    """CumSum's axis must be known at build time; before 10.8 it must be an initializer or
+    Constant (the 10.1 importer asserts weights; 10.8 added dynamic-axis support)."""
     yield from _needs_constant(ctx, "CumSum", 1, "axis", "cumsum-axis")
+    name = ctx.input(1)
+    if (
+        ctx.node.op_type == "CumSum"
+        and ctx.node.domain in _DEFAULT_DOMAINS
+        and not ctx.version.at_least(10, 8)
+        and ctx.consts.is_constant(name)
+        and not ctx.consts.is_weight(name)
+    ):
+        yield ctx.finding(
+            "error",
+            "cumsum-axis",
+            f"CumSum's axis ({name}) is computed from constants, but TensorRT {ctx.version} needs it as an "
+            "initializer or Constant (10.8+ accepts more)",
+            "fold the axis into an initializer (`polygraphy surgeon sanitize --fold-constants`)",
+        )
 
 
 _DATA_DEPENDENT = {"NonZero", "NonMaxSuppression"}

@@ -25,9 +25,16 @@ from .prepare import (
     required_network_flags,
 )
 from .sidecar import cuda_environment, make_sidecar
-from .versions import MIN_BUILD_VERSION, TrtVersion, combine_flags, device_memory_bytes, missing_flags, parse_trt_version
+from .versions import (
+    TrtVersion,
+    build_version_problem,
+    combine_flags,
+    device_memory_bytes,
+    installed_version,
+    missing_flags,
+)
 
-__all__ = ["BuildResult", "build_engine", "import_tensorrt", "register_qm_plugins"]
+__all__ = ["BuildResult", "build_engine", "count_plugin_layers", "import_tensorrt", "register_qm_plugins"]
 
 Stage = Callable[[str], None]
 
@@ -48,12 +55,10 @@ def import_tensorrt() -> tuple[Any, TrtVersion]:
         raise TensorRTUnavailable(f"TensorRT is not importable ({exc}). {INSTALL_HINT}") from exc
     except OSError as exc:  # the placeholder wheel or missing CUDA libraries
         raise TensorRTUnavailable(f"TensorRT failed to load its libraries ({exc}). {INSTALL_HINT}") from exc
-    version = parse_trt_version(str(getattr(trt, "__version__", "0.0")))
-    if version < MIN_BUILD_VERSION:
-        raise TensorRTUnavailable(
-            f"TensorRT {version} is too old: AOT Python plugins and PREFER_AOT_PYTHON_PLUGINS need {MIN_BUILD_VERSION}+. "
-            + INSTALL_HINT
-        )
+    version = installed_version(str(getattr(trt, "__version__", "0.0")))
+    problem = build_version_problem(version)
+    if problem is not None:
+        raise TensorRTUnavailable(f"{problem}. {INSTALL_HINT}")
     return trt, version
 
 
@@ -68,7 +73,9 @@ def register_qm_plugins() -> None:
         ) from exc
     register = getattr(qm_export_plugins, "register_plugins", None)
     if register is None:
-        raise BuildError("qm_export_plugins has no register_plugins(); this qm-export install ships no TensorRT plugins")
+        raise BuildError(
+            "qm_export_plugins has no register_plugins(); this qm-export install ships no TensorRT plugins"
+        )
     register()
 
 
@@ -85,12 +92,21 @@ def _parse(trt: Any, network: Any, logger: Any, prepared: PreparedBuild, version
     from qm_export.export.trt_check import check_model
 
     report = check_model(prepared.model, version, name=str(prepared.request.onnx_path))
-    hints = [f"  - [{f.severity}] {f.node or 'model'}: {f.message} Fix: {f.fix}" for f in report.sorted_findings() if f.severity == "error"]
+    hints = [
+        f"  - [{f.severity}] {f.node or 'model'}: {f.message} Fix: {f.fix}"
+        for f in report.sorted_findings()
+        if f.severity == "error"
+    ]
     raise BuildError(
         f"TensorRT {version} could not parse {str(prepared.request.onnx_path)!r}:\n"
         + "\n".join(lines)
         + ("\nqm-export check finds:\n" + "\n".join(hints) if hints else "")
     )
+
+
+def count_plugin_layers(network: Any) -> int:
+    """How many layers of a parsed network are plugins (qm nodes that were not inlined)."""
+    return sum("PLUGIN" in str(network.get_layer(i).type) for i in range(network.num_layers))
 
 
 def _configure(trt: Any, builder: Any, network: Any, prepared: PreparedBuild, plan: Any) -> Any:
@@ -100,7 +116,9 @@ def _configure(trt: Any, builder: Any, network: Any, prepared: PreparedBuild, pl
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace_bytes)
     absent = missing_flags(trt.BuilderFlag, list(plan.builder_flags))
     if absent:
-        raise BuildError(f"TensorRT {trt.__version__} has no BuilderFlag {', '.join(absent)} (precision {plan.precision})")
+        raise BuildError(
+            f"TensorRT {trt.__version__} has no BuilderFlag {', '.join(absent)} (precision {plan.precision})"
+        )
     for name in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
     for name in plan.clear_flags:
@@ -152,6 +170,14 @@ def build_engine(request: BuildRequest, stage: Stage | None = None) -> BuildResu
     network = builder.create_network(combine_flags(trt.NetworkDefinitionCreationFlag, flags))
     say(f"parsing {request.onnx_path}")
     _parse(trt, network, logger, prepared, version)
+    plugin_layers = count_plugin_layers(network)
+    inlined_note = None
+    if prepared.plugins and plugin_layers == 0:
+        inlined_note = (
+            f"TensorRT {version} inlined the qm local functions instead of using the qm plugins (no plugin layers): "
+            f"the engine is correct but slower; `qm-export check {request.onnx_path} --trt-version {version}` says why"
+        )
+        say(inlined_note)
     config = _configure(trt, builder, network, prepared, plan)
     say(f"building {plan.precision} engine with TensorRT {version} (this takes a while)")
     started = time.perf_counter()
@@ -185,5 +211,8 @@ def build_engine(request: BuildRequest, stage: Stage | None = None) -> BuildResu
         device_memory_bytes=device_memory_bytes(engine),
         io_tensors=_io_tensors(trt, engine),
     )
+    sidecar["plugins"]["plugin_layers"] = plugin_layers
+    if inlined_note:
+        sidecar["notes"].append(inlined_note)
     atomic_write_text(prepared.sidecar_path, json.dumps(sidecar, indent=2) + "\n")
     return BuildResult(request.engine_path, prepared.sidecar_path, sidecar)

@@ -52,7 +52,9 @@ def onnx_precision(model: Any) -> str | None:
         if vi.name not in initializer_names and vi.type.tensor_type.elem_type in _ONNX_TO_PRECISION
     }
     if len(input_types) > 1:
-        raise ValueError(f"the ONNX's float inputs mix precisions {sorted(input_types)}; cast them to one type at export")
+        raise ValueError(
+            f"the ONNX's float inputs mix precisions {sorted(input_types)}; cast them to one type at export"
+        )
     if input_types:
         return input_types.pop()
     counts: Counter[str] = Counter()
@@ -93,7 +95,8 @@ def plan_precision(version: TrtVersion, requested: str | None, onnx_prec: str | 
         )
     if onnx_prec == "fp32" and has_weak_precision_flags(version):
         note = (
-            f"weakly typed {target} build (BuilderFlag.{target.upper()}): deprecated since TensorRT 10.12 and gone in 11; "
+            f"weakly typed {target} build (BuilderFlag.{target.upper()}): "
+            "deprecated since TensorRT 10.12 and gone in 11; "
             f"export the ONNX in {target} for a strongly typed build"
         )
         return PrecisionPlan(target, False, aot, (target.upper(),), clear, (note,))

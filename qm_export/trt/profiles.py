@@ -83,7 +83,9 @@ def parse_shapes(specs: Iterable[str]) -> Profile:
                 continue
             name, sep, rest = item.rpartition(":")
             if not sep or not name:
-                raise ValueError(f"--shapes: {item!r} is not of the form name:min,opt,max (for example x:1x8,4x128,8x256)")
+                raise ValueError(
+                    f"--shapes: {item!r} is not of the form name:min,opt,max (for example x:1x8,4x128,8x256)"
+                )
             parts = rest.split(",")
             if len(parts) == 1:
                 parts = parts * 3
@@ -196,7 +198,8 @@ def validate_profile(profile: Profile, inputs: Mapping[str, InputShape]) -> Prof
         if rng is None:
             if any(d is None for d in graph_shape):
                 raise ValueError(
-                    f"input {name!r} has dynamic shape {_show(graph_shape)} and the profile ({profile.source}) gives it no "
+                    f"input {name!r} has dynamic shape {_show(graph_shape)} and the profile ({profile.source}) "
+                    "gives it no "
                     f"shapes; pass --shapes {name}:MIN,OPT,MAX"
                 )
             static = tuple(int(d) for d in graph_shape)  # type: ignore[arg-type]
@@ -214,7 +217,8 @@ def validate_profile(profile: Profile, inputs: Mapping[str, InputShape]) -> Prof
                     raise ValueError(f"input {name!r}: {which} shape {list(dims)} has non-positive dim {d} at axis {i}")
                 if g is not None and d != g:
                     raise ValueError(
-                        f"input {name!r}: {which} shape {list(dims)} has {d} at axis {i}, where the model's dim is static {g}"
+                        f"input {name!r}: {which} shape {list(dims)} has {d} at axis {i}, "
+                        f"where the model's dim is static {g}"
                     )
         for i, (lo, mid, hi) in enumerate(zip(rng.min, rng.opt, rng.max)):
             if not lo <= mid <= hi:

@@ -14,8 +14,10 @@ from typing import Any
 __all__ = [
     "TrtVersion",
     "parse_trt_version",
+    "installed_version",
     "DEFAULT_CHECK_VERSION",
     "MIN_BUILD_VERSION",
+    "build_version_problem",
     "has_python_plugins",
     "has_aot_plugins",
     "prefers_plugin_over_function",
@@ -63,15 +65,36 @@ def parse_trt_version(text: str) -> TrtVersion:
         raise TypeError(f"TensorRT version must be a string like '10.13', got {type(text).__name__} {text!r}")
     match = _VERSION_RE.match(text)
     if match is None:
-        raise ValueError(f"TensorRT version {text!r} is not of the form X.Y[.Z[.W]] (for example '10.13' or '11.4.0.106')")
+        raise ValueError(
+            f"TensorRT version {text!r} is not of the form X.Y[.Z[.W]] (for example '10.13' or '11.4.0.106')"
+        )
     parts = [int(p) if p is not None else 0 for p in match.groups()]
     return TrtVersion(*parts)
+
+
+def installed_version(text: str) -> TrtVersion:
+    """The version of an installed ``tensorrt`` from its ``__version__`` (``"10.13.3.9"``,
+    ``"10.9.0.34.post1"``): the leading ``X.Y[.Z[.W]]``, ignoring any suffix."""
+    match = re.match(r"\s*(\d+\.\d+(?:\.\d+){0,2})", str(text))
+    if match is None:
+        raise ValueError(f"cannot read a TensorRT version from {text!r}")
+    return parse_trt_version(match.group(1))
 
 
 #: The version ``qm-export check`` assumes when none is given: a recent 10.x.
 DEFAULT_CHECK_VERSION = TrtVersion(10, 13)
 #: The oldest TensorRT ``qm-export build`` accepts: AOT Python plugins and ``PREFER_AOT_PYTHON_PLUGINS``.
 MIN_BUILD_VERSION = TrtVersion(10, 9)
+
+
+def build_version_problem(v: TrtVersion) -> str | None:
+    """Why ``qm-export build`` cannot use TensorRT ``v``, or ``None`` when it can (10.9+)."""
+    if v < MIN_BUILD_VERSION:
+        return (
+            f"TensorRT {v} is too old: AOT Python plugins and PREFER_AOT_PYTHON_PLUGINS need {MIN_BUILD_VERSION}+ "
+            "(older versions inline the qm functions or need Python at run time)"
+        )
+    return None
 
 
 def has_python_plugins(v: TrtVersion) -> bool:

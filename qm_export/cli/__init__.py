@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .build import build
+from .check import check
 from .demo import demo
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -21,5 +23,7 @@ def main() -> None:
 
 
 main.add_command(demo)
+main.add_command(check)
+main.add_command(build)
 
 __all__ = ["main"]

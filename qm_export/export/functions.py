@@ -168,8 +168,8 @@ def attach_qm_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     out.functions.extend(kept)
     out.functions.extend(protos[name] for name in QM_OPS if name in used)
     _import_qm(out.opset_import, "model")
-    for fn in kept:
-        if any(node.domain == QM_DOMAIN for node in fn.node):
+    for fn in out.functions:  # (the repeated field holds copies of ``kept``)
+        if fn.domain != QM_DOMAIN and any(node.domain == QM_DOMAIN for node in fn.node):
             _import_qm(fn.opset_import, f"function {fn.domain}::{fn.name}")
     return out
 

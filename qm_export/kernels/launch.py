@@ -14,8 +14,8 @@ Public functions (``qm_export.kernels`` re-exports them):
 
 from __future__ import annotations
 
-import functools
 import os
+import sys
 
 import torch
 
@@ -36,27 +36,24 @@ __all__ = [
 
 
 def _interpreting() -> bool:
+    """Whether triton runs (or, once imported, will run) kernels in its interpreter.
+
+    Triton fixes the mode when it is imported (its own ``@jit`` library functions are built
+    then), so ``TRITON_INTERPRET=1`` must be set before ``import triton``.
+    """
+    if "triton" in sys.modules:
+        import triton.language as tl
+        from triton.runtime.jit import JITFunction
+
+        return not isinstance(tl.cdiv, JITFunction)
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-@functools.cache
-def _kernel(name: str, interpret: bool):
-    """The ``@triton.jit`` kernel ``name``, as an interpreted or a compiled function.
-
-    ``triton.jit`` decides at decoration time from ``TRITON_INTERPRET``; this wraps the same
-    Python function the other way when the setting changed since the module was imported.
-    """
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-
+def _kernel(name: str):
+    """The ``@triton.jit`` kernel ``name`` (imports triton on first use)."""
     from . import triton_kernels
 
-    kernel = getattr(triton_kernels, name)
-    if interpret and not isinstance(kernel, InterpretedFunction):
-        return InterpretedFunction(kernel.fn)
-    if not interpret and isinstance(kernel, InterpretedFunction):
-        return JITFunction(kernel.fn)
-    return kernel
+    return getattr(triton_kernels, name)
 
 
 def _check_device(**tensors: torch.Tensor) -> None:
@@ -72,14 +69,14 @@ def _check_device(**tensors: torch.Tensor) -> None:
     if device.type == "cpu":
         raise ValueError(
             "the Triton kernels run on CUDA tensors, or on CPU tensors only under the Triton "
-            "interpreter (set TRITON_INTERPRET=1 before importing triton); got device=cpu. "
+            "interpreter (TRITON_INTERPRET=1 set before triton is imported); got device=cpu. "
             "On CPU use torch.ops.qm.* or qm_export.merge.ops_reference instead."
         )
     raise ValueError(f"unsupported device {device} (CUDA, or CPU with TRITON_INTERPRET=1)")
 
 
 def _launch(name: str, cfg, args: tuple, device: torch.device) -> None:
-    kernel = _kernel(name, device.type == "cpu")
+    kernel = _kernel(name)
     grid = tuple(int(g) for g in cfg.grid)
     if min(grid) == 0:
         return

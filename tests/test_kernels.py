@@ -1,7 +1,8 @@
 """Triton kernels of the qm ops against the torch references (spec §6).
 
-On CPU the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``, set for this
-module only); ``QM_KERNEL_TEST_DEVICE=cuda`` runs the same tests on a GPU.
+On CPU the kernels run under the Triton interpreter: this module sets ``TRITON_INTERPRET=1``
+before triton is imported (triton fixes the mode at import, for the whole process).
+``QM_KERNEL_TEST_DEVICE=cuda`` runs the same tests on a GPU (``scripts/gpu_check.sh``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ import sys
 
 import pytest
 import torch
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # a bare GPU machine may lack hypothesis: the property test is then skipped
+    given = None
 
 DEVICE = os.environ.get("QM_KERNEL_TEST_DEVICE", "cpu")
 if DEVICE == "cpu":
@@ -69,6 +76,11 @@ def _assign(b: int, n: int, k: int, seed: int, *, skip_last: bool = False) -> to
     return a.to(DEVICE)
 
 
+def _on(factory):
+    """``factory`` making tensors on the test device."""
+    return lambda *args, **kwargs: factory(*args, **kwargs).to(DEVICE)
+
+
 def _tol(dtype: torch.dtype) -> dict:
     # One rounding of the float32 result to the output dtype, plus float32 summation-order noise.
     eps = torch.finfo(dtype).eps
@@ -83,6 +95,22 @@ def test_group_index_equals_reference(b, n, k, d):
     assert order.dtype == offsets.dtype == torch.int32
     assert torch.equal(order.cpu(), ref_order.cpu())
     assert torch.equal(offsets.cpu(), ref_offsets.cpu())
+
+
+def _group_index_property(b, n, k, seed):
+    k = min(k, n)
+    a = torch.randint(0, k, (b, n), generator=_gen(seed)).to(DEVICE)
+    order, offsets = token_group_index(a, k)
+    ref_order, ref_offsets = token_group_index_reference(a, k)
+    assert torch.equal(order.cpu(), ref_order.cpu()) and torch.equal(offsets.cpu(), ref_offsets.cpu())
+
+
+if given is not None:
+    test_group_index_property = settings(max_examples=25, deadline=None)(
+        given(b=st.integers(1, 3), n=st.integers(1, 140), k=st.integers(1, 140), seed=st.integers(0, 2**16))(
+            _group_index_property
+        )
+    )
 
 
 def test_group_index_int32_and_int64_assign_agree():
@@ -190,26 +218,26 @@ def test_out_of_range_indices_never_fault_and_read_as_zero():
 @pytest.mark.parametrize(
     "call,error,words",
     [
-        (lambda: token_group_index(torch.zeros(2, 3, dtype=torch.float32), 2), TypeError, ["assign", "float32"]),
-        (lambda: token_group_index(torch.zeros(2, 3, 1, dtype=torch.int32), 2), ValueError, ["assign", "rank 2"]),
-        (lambda: token_group_index(torch.zeros(2, 3, dtype=torch.int32), 0), ValueError, ["k", ">= 1"]),
-        (lambda: token_group_index(torch.zeros(2, 3, dtype=torch.int32), 2.0), TypeError, ["k", "float"]),
-        (lambda: token_group_index(torch.full((2, 3), 2, dtype=torch.int32), 2), ValueError, ["assign", "[0, 2)"]),
-        (lambda: token_merge(torch.zeros(1, 3, 2), torch.zeros(1, 3, dtype=torch.float16),
-                             torch.zeros(1, 3, dtype=torch.int32), torch.zeros(1, 2, dtype=torch.int32)),
+        (lambda: token_group_index(_on(torch.zeros)(2, 3, dtype=torch.float32), 2), TypeError, ["assign", "float32"]),
+        (lambda: token_group_index(_on(torch.zeros)(2, 3, 1, dtype=torch.int32), 2), ValueError, ["assign", "rank 2"]),
+        (lambda: token_group_index(_on(torch.zeros)(2, 3, dtype=torch.int32), 0), ValueError, ["k", ">= 1"]),
+        (lambda: token_group_index(_on(torch.zeros)(2, 3, dtype=torch.int32), 2.0), TypeError, ["k", "float"]),
+        (lambda: token_group_index(_on(torch.full)((2, 3), 2, dtype=torch.int32), 2), ValueError, ["assign", "[0, 2)"]),
+        (lambda: token_merge(_on(torch.zeros)(1, 3, 2), _on(torch.zeros)(1, 3, dtype=torch.float16),
+                             _on(torch.zeros)(1, 3, dtype=torch.int32), _on(torch.zeros)(1, 2, dtype=torch.int32)),
          TypeError, ["weight", "float16"]),
-        (lambda: token_merge(torch.zeros(1, 3, 2), torch.zeros(1, 4),
-                             torch.zeros(1, 3, dtype=torch.int32), torch.zeros(1, 2, dtype=torch.int32)),
+        (lambda: token_merge(_on(torch.zeros)(1, 3, 2), _on(torch.zeros)(1, 4),
+                             _on(torch.zeros)(1, 3, dtype=torch.int32), _on(torch.zeros)(1, 2, dtype=torch.int32)),
          ValueError, ["weight", "(1, 3)"]),
-        (lambda: token_merge(torch.zeros(1, 4, 3).transpose(1, 2), torch.zeros(1, 3),
-                             torch.zeros(1, 3, dtype=torch.int32), torch.zeros(1, 2, dtype=torch.int32)),
+        (lambda: token_merge(_on(torch.zeros)(1, 4, 3).transpose(1, 2), _on(torch.zeros)(1, 3),
+                             _on(torch.zeros)(1, 3, dtype=torch.int32), _on(torch.zeros)(1, 2, dtype=torch.int32)),
          ValueError, ["x", "contiguous"]),
-        (lambda: token_merge(torch.zeros(1, 3, 2), torch.zeros(1, 3), torch.zeros(1, 3, dtype=torch.int32),
-                             torch.tensor([[0, 2]], dtype=torch.int32)), ValueError, ["offsets", "N=3"]),
-        (lambda: token_unmerge(torch.zeros(1, 2, 2, dtype=torch.int32), torch.zeros(1, 3, dtype=torch.int32)),
+        (lambda: token_merge(_on(torch.zeros)(1, 3, 2), _on(torch.zeros)(1, 3), _on(torch.zeros)(1, 3, dtype=torch.int32),
+                             _on(torch.tensor)([[0, 2]], dtype=torch.int32)), ValueError, ["offsets", "N=3"]),
+        (lambda: token_unmerge(_on(torch.zeros)(1, 2, 2, dtype=torch.int32), _on(torch.zeros)(1, 3, dtype=torch.int32)),
          TypeError, ["y", "int32"]),
-        (lambda: token_unmerge(torch.zeros(1, 2, 2), torch.tensor([[0, 2]])), ValueError, ["assign", "[0, 2)"]),
-        (lambda: token_unmerge(torch.zeros(2, 2, 2), torch.zeros(1, 3, dtype=torch.int32)), ValueError, ["assign", "batch 2"]),
+        (lambda: token_unmerge(_on(torch.zeros)(1, 2, 2), _on(torch.tensor)([[0, 2]])), ValueError, ["assign", "[0, 2)"]),
+        (lambda: token_unmerge(_on(torch.zeros)(2, 2, 2), _on(torch.zeros)(1, 3, dtype=torch.int32)), ValueError, ["assign", "batch 2"]),
     ],
 )
 def test_bad_input_is_rejected_with_a_clear_error(call, error, words):

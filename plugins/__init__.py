@@ -89,7 +89,9 @@ def register_plugins(*, aot: bool = True, jit: bool = True) -> list[str]:
             f"qm_export_plugins.register_plugins() needs TensorRT >= 10.9 with tensorrt.plugin: {exc}"
         ) from exc
     if aot and not hasattr(trtp, "aot_impl"):
-        raise PluginDependencyError("AOT plugins need TensorRT >= 10.9 (tensorrt.plugin.aot_impl); pass aot=False")
+        raise PluginDependencyError(
+            "AOT plugins need TensorRT >= 10.9 (tensorrt.plugin.aot_impl); pass aot=False"
+        )
     from .qm_plugins import define
 
     return define(aot=aot, jit=jit)

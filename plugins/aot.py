@@ -75,7 +75,9 @@ def compile_kernel(
     fn = jit_function(op)
     signature = triton_signature(op, dtypes, tuple(cfg.constexprs))
     d_static = static_dim(shapes[0][2]) if op != "TokenGroupIndex" else None
-    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=cfg.constexprs, attrs=aot_attrs(op, d_static))
+    src = triton.compiler.ASTSource(
+        fn=fn, signature=signature, constexprs=cfg.constexprs, attrs=aot_attrs(op, d_static)
+    )
     compiled = triton.compile(src, target=target, options={"num_warps": cfg.num_warps})
     meta = compiled.metadata
     scratch = {k: getattr(meta, k, 0) for k in ("global_scratch_size", "profile_scratch_size")}

@@ -195,5 +195,10 @@ def cuda_array_interface(ptr: int, shape: Sequence[int], dtype: str) -> dict[str
     """
     if dtype not in _TYPESTR:
         raise ValueError(f"unsupported dtype {dtype!r}; supported: {list(_TYPESTR)}")
-    return {"shape": tuple(int(s) for s in shape), "typestr": _TYPESTR[dtype], "data": (int(ptr), False),
-            "strides": None, "version": 3}
+    return {
+        "shape": tuple(int(s) for s in shape),
+        "typestr": _TYPESTR[dtype],
+        "data": (int(ptr), False),
+        "strides": None,
+        "version": 3,
+    }

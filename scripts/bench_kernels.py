@@ -92,7 +92,9 @@ def unmerge_onehot_matmul(y, a):
 
 def group_torch_sort(a, k):
     order = torch.sort(a, dim=1, stable=True).indices.to(torch.int32)
-    counts = torch.zeros(a.shape[0], k, dtype=torch.int64, device=a.device).scatter_add_(1, a, torch.ones_like(a))
+    counts = torch.zeros(a.shape[0], k, dtype=torch.int64, device=a.device).scatter_add_(
+        1, a, torch.ones_like(a)
+    )
     return order, torch.cat([counts.new_zeros(a.shape[0], 1), counts.cumsum(1)], 1).to(torch.int32)
 
 
@@ -175,8 +177,17 @@ def bench_shape(timer, shape, dtype, copy_gbps) -> list[dict]:
                     torch.cuda.empty_cache()
         torch_ms = [r["median_ms"] for name, r in results.items() if name != "triton" and "median_ms" in r]
         for name, r in results.items():
-            row = {"op": op, "impl": name, "dtype": str(dtype).removeprefix("torch."), "B": b, "N": n, "K": k, "D": d,
-                   "bytes": nbytes, **r}
+            row = {
+                "op": op,
+                "impl": name,
+                "dtype": str(dtype).removeprefix("torch."),
+                "B": b,
+                "N": n,
+                "K": k,
+                "D": d,
+                "bytes": nbytes,
+                **r,
+            }
             if "median_ms" in r:
                 row["gbps"] = nbytes / r["median_ms"] / 1e6
                 row["pct_copy"] = 100 * row["gbps"] / copy_gbps if copy_gbps else None
@@ -198,20 +209,31 @@ def to_markdown(report: dict) -> str:
     ]
     for r in report["rows"]:
         if "error" in r:
-            lines.append(f"| {r['op']} | {r['impl']} | {r['dtype']} | {r['B']} | {r['N']} | {r['K']} | {r['D']} | "
-                         f"error: {r['error'][:60]} | | | |")
+            lines.append(
+                f"| {r['op']} | {r['impl']} | {r['dtype']} | {r['B']} | {r['N']} | {r['K']} | {r['D']} | "
+                f"error: {r['error'][:60]} | | | |"
+            )
             continue
         pct = f"{r['pct_copy']:.0f}" if r.get("pct_copy") is not None else ""
         sp = f"{r['speedup_vs_best_torch']:.1f}" if "speedup_vs_best_torch" in r else ""
-        lines.append(f"| {r['op']} | {r['impl']} | {r['dtype']} | {r['B']} | {r['N']} | {r['K']} | {r['D']} | "
-                     f"{r['median_ms']:.4f} | {r['gbps']:.0f} | {pct} | {sp} |")
-    lines += ["", f"Goals (merge/unmerge, two large shapes): >= {GOAL_COPY_FRACTION:.0%} of copy bandwidth, "
-              f">= {GOAL_SPEEDUP:.0f}x the best torch form."]
+        lines.append(
+            f"| {r['op']} | {r['impl']} | {r['dtype']} | {r['B']} | {r['N']} | {r['K']} | {r['D']} | "
+            f"{r['median_ms']:.4f} | {r['gbps']:.0f} | {pct} | {sp} |"
+        )
+    lines += [
+        "",
+        f"Goals (merge/unmerge, two large shapes): >= {GOAL_COPY_FRACTION:.0%} of copy bandwidth, "
+        f">= {GOAL_SPEEDUP:.0f}x the best torch form.",
+    ]
     for r in report["rows"]:
         if r["impl"] == "triton" and r["op"] != "group_index" and r["N"] >= 4096 and "gbps" in r:
-            ok = (r.get("pct_copy") or 0) >= 100 * GOAL_COPY_FRACTION and r.get("speedup_vs_best_torch", 0) >= GOAL_SPEEDUP
-            lines.append(f"- {r['op']} {r['dtype']} N={r['N']}: {r['pct_copy']:.0f}% copy, "
-                         f"{r.get('speedup_vs_best_torch', float('nan')):.1f}x -> {'met' if ok else 'NOT met'}")
+            ok = (r.get("pct_copy") or 0) >= 100 * GOAL_COPY_FRACTION and r.get(
+                "speedup_vs_best_torch", 0
+            ) >= GOAL_SPEEDUP
+            lines.append(
+                f"- {r['op']} {r['dtype']} N={r['N']}: {r['pct_copy']:.0f}% copy, "
+                f"{r.get('speedup_vs_best_torch', float('nan')):.1f}x -> {'met' if ok else 'NOT met'}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -236,8 +258,13 @@ def main() -> int:
     timer = Timer(device, args.repeats or (3 if args.smoke else 20), warmup=1 if args.smoke else 3)
     import triton
 
-    report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
-              "torch": torch.__version__, "triton": triton.__version__, "command": " ".join(sys.argv), "rows": []}
+    report = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "command": " ".join(sys.argv),
+        "rows": [],
+    }
     try:
         report["copy_bandwidth"] = copy_bandwidth(timer, 2**20 if args.smoke else 2 * 2**30)
     except Exception as exc:
@@ -248,8 +275,18 @@ def main() -> int:
             try:
                 report["rows"] += bench_shape(timer, shape, dtype, copy_gbps)
             except Exception as exc:
-                report["rows"].append({"op": "all", "impl": "all", "dtype": str(dtype), "B": shape[0], "N": shape[1],
-                                       "K": shape[2], "D": shape[3], "error": traceback.format_exception_only(exc)[-1]})
+                report["rows"].append(
+                    {
+                        "op": "all",
+                        "impl": "all",
+                        "dtype": str(dtype),
+                        "B": shape[0],
+                        "N": shape[1],
+                        "K": shape[2],
+                        "D": shape[3],
+                        "error": traceback.format_exception_only(exc)[-1],
+                    }
+                )
             write_atomic(args.out / "bench.json", json.dumps(report, indent=1))
             write_atomic(args.out / "bench.md", to_markdown(report))
             print(f"done {shape} {dtype}", file=sys.stderr, flush=True)

@@ -53,7 +53,9 @@ def guarded(section: str):
                 fn(*args, **kwargs)
             except Exception as exc:
                 record(section, "crashed", False, error=traceback.format_exc()[-2000:], exc=repr(exc))
+
         return run
+
     return wrap
 
 
@@ -94,16 +96,26 @@ def correctness(quick: bool) -> None:
             ok_merge = bool((err <= atol + rtol * ref.float().abs()).all()) and not torch.isnan(merged).any()
             un = K.token_unmerge(merged, a)
             ok_un = torch.equal(un, token_unmerge_reference(merged, a))
-            record("correctness", name, ok_group and ok_merge and ok_un, group=ok_group, merge=ok_merge,
-                   unmerge=ok_un, max_abs_err=float(err.max()))
+            record(
+                "correctness",
+                name,
+                ok_group and ok_merge and ok_un,
+                group=ok_group,
+                merge=ok_merge,
+                unmerge=ok_un,
+                max_abs_err=float(err.max()),
+            )
 
 
 @guarded("determinism")
 def determinism() -> None:
     a, x, w = inputs(4, 4096, 1366, 1024, torch.bfloat16, seed=1)
     runs = [K.merge_groups(x, a, w, 1366) for _ in range(5)]
-    same = all(torch.equal(r.view(torch.uint8) if r.dtype != torch.int32 else r, s.view(torch.uint8) if s.dtype != torch.int32 else s)
-               for run in runs[1:] for r, s in zip(run, runs[0]))
+
+    def bits(t):
+        return t.contiguous().view(torch.uint8)
+
+    same = all(torch.equal(bits(r), bits(s)) for run in runs[1:] for r, s in zip(run, runs[0]))
     record("determinism", "merge_groups x5 bf16 (4, 4096, 1366, 1024)", same)
 
 
@@ -116,7 +128,11 @@ def custom_ops() -> None:
     merged = torch.ops.qm.token_merge(x, w, order, offsets)
     ref = token_merge_reference(x, w, *token_group_index_reference(a, 100))
     rtol, atol = tol(torch.float16)
-    record("custom_ops", "torch.ops.qm on CUDA", torch.allclose(merged.float(), ref.float(), rtol=rtol, atol=atol))
+    record(
+        "custom_ops",
+        "torch.ops.qm on CUDA",
+        torch.allclose(merged.float(), ref.float(), rtol=rtol, atol=atol),
+    )
     record("custom_ops", "dispatcher uses kernels", ops._kernel_ops_available())
 
 
@@ -157,7 +173,10 @@ def _aot_case(op, combo, hidden: bool) -> bool:
         ins, outs = [a32, seeds], [torch.full_like(order, -1), torch.full_like(offsets, -1)]
         want = [order, offsets]
     elif op == "TokenMerge":
-        ins, outs = [x, w, order, offsets], [torch.full((b, k, d), float("nan"), dtype=x.dtype, device="cuda")]
+        ins, outs = (
+            [x, w, order, offsets],
+            [torch.full((b, k, d), float("nan"), dtype=x.dtype, device="cuda")],
+        )
         want = [token_merge_reference(x, w, order, offsets)]
     else:
         y = torch.randn(b, k, d, device="cuda").to(x.dtype)
@@ -193,15 +212,22 @@ def cai() -> None:
         __cuda_array_interface__ = qp.cuda_array_interface(t.data_ptr(), t.shape, "BF16")
 
     view = torch.as_tensor(Buf(), device="cuda").view(torch.bfloat16)
-    record("cuda_array_interface", "bf16 zero-copy view", torch.equal(view, t) and view.data_ptr() == t.data_ptr())
+    record(
+        "cuda_array_interface",
+        "bf16 zero-copy view",
+        torch.equal(view, t) and view.data_ptr() == t.data_ptr(),
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-check-out")))
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only-trt-args", action="store_true",
-                        help="only the AOT launch without Triton's hidden arguments (run in its own process)")
+    parser.add_argument(
+        "--only-trt-args",
+        action="store_true",
+        help="only the AOT launch without Triton's hidden arguments (run in its own process)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
@@ -227,8 +253,13 @@ def main() -> int:
         aot(hidden=True)
         cai()
     failed = [r for r in RESULTS if not r["ok"]]
-    summary = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "passed": len(RESULTS) - len(failed),
-               "failed": len(failed), "results": RESULTS}
+    summary = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "passed": len(RESULTS) - len(failed),
+        "failed": len(failed),
+        "results": RESULTS,
+    }
     (args.out / f"{name}.json").write_text(json.dumps(summary, indent=1))
     print(f"{len(RESULTS) - len(failed)} passed, {len(failed)} failed", flush=True)
     return 1 if failed else 0

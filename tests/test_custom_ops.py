@@ -46,7 +46,9 @@ def test_ops_accept_non_contiguous_slices():
     x, w, a = _inputs(n=12)
     order, offsets = torch.ops.qm.token_group_index(a[:, 1:], 4)
     merged = torch.ops.qm.token_merge(x[:, 1:], w[:, 1:], order, offsets)
-    assert torch.equal(merged, token_merge_reference(x[:, 1:].contiguous(), w[:, 1:].contiguous(), order, offsets))
+    assert torch.equal(
+        merged, token_merge_reference(x[:, 1:].contiguous(), w[:, 1:].contiguous(), order, offsets)
+    )
 
 
 def test_opcheck_fake_kernels_and_schemas():
@@ -62,10 +64,21 @@ def test_opcheck_fake_kernels_and_schemas():
     [
         (lambda: torch.ops.qm.token_group_index(torch.zeros(2, 3), 2), TypeError, "assign"),
         (lambda: torch.ops.qm.token_group_index(torch.zeros(2, 3, dtype=torch.int64), 0), ValueError, "k"),
-        (lambda: torch.ops.qm.token_merge(torch.zeros(1, 3, 2), torch.zeros(1, 2),
-                                          torch.zeros(1, 3, dtype=torch.int32), torch.zeros(1, 2, dtype=torch.int32)),
-         ValueError, "weight"),
-        (lambda: torch.ops.qm.token_unmerge(torch.zeros(1, 2), torch.zeros(1, 3, dtype=torch.int32)), ValueError, "y"),
+        (
+            lambda: torch.ops.qm.token_merge(
+                torch.zeros(1, 3, 2),
+                torch.zeros(1, 2),
+                torch.zeros(1, 3, dtype=torch.int32),
+                torch.zeros(1, 2, dtype=torch.int32),
+            ),
+            ValueError,
+            "weight",
+        ),
+        (
+            lambda: torch.ops.qm.token_unmerge(torch.zeros(1, 2), torch.zeros(1, 3, dtype=torch.int32)),
+            ValueError,
+            "y",
+        ),
     ],
 )
 def test_ops_reject_bad_input(call, error, word):
@@ -89,8 +102,12 @@ def exported():
     x, w, a = _inputs()
     dims = {0: "B", 1: "N"}
     program = torch.onnx.export(
-        _MergeUnmerge(4).eval(), (x, w, a), dynamo=True, dynamic_shapes=(dims, dims, dims),
-        custom_translation_table=kernels.onnx_translation_table(), verbose=False,
+        _MergeUnmerge(4).eval(),
+        (x, w, a),
+        dynamo=True,
+        dynamic_shapes=(dims, dims, dims),
+        custom_translation_table=kernels.onnx_translation_table(),
+        verbose=False,
     )
     return program.model_proto
 
@@ -126,7 +143,10 @@ def test_dispatcher_uses_the_reference_on_cpu():
 
 
 def test_import_does_not_pull_triton_or_onnxscript():
-    code = "import sys, qm_export.kernels, torch; torch.ops.qm.token_merge; print(sorted(m for m in ('triton', 'onnxscript') if m in sys.modules))"
+    code = (
+        "import sys, qm_export.kernels, torch; torch.ops.qm.token_merge; "
+        "print(sorted(m for m in ('triton', 'onnxscript') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

@@ -64,7 +64,9 @@ def _expected(feeds):
     a = torch.from_numpy(feeds["assign"])
     k = feeds["seeds"].shape[1]
     order, offsets = token_group_index_reference(a, k)
-    merged = token_merge_reference(torch.from_numpy(feeds["x"]), torch.from_numpy(feeds["weight"]), order, offsets)
+    merged = token_merge_reference(
+        torch.from_numpy(feeds["x"]), torch.from_numpy(feeds["weight"]), order, offsets
+    )
     return order.numpy(), offsets.numpy(), merged.numpy(), token_unmerge_reference(merged, a).numpy()
 
 
@@ -89,7 +91,12 @@ def session(model):
 
 
 CASES = [  # (B, N, K, D): one token, K = N, K = 1, empty groups, dynamic sizes across runs
-    (1, 1, 1, 1), (3, 7, 3, 3), (2, 33, 33, 5), (2, 40, 1, 4), (1, 197, 66, 16), (4, 12, 5, 64),
+    (1, 1, 1, 1),
+    (3, 7, 3, 3),
+    (2, 33, 33, 5),
+    (2, 40, 1, 4),
+    (1, 197, 66, 16),
+    (4, 12, 5, 64),
 ]
 
 
@@ -137,7 +144,10 @@ def test_inlined_model_has_standard_ops_only_and_same_results(model, session):
     assert not banned & {n.op_type for n in inlined.graph.node}
     assert all(
         a.s in (b"", b"none")
-        for n in inlined.graph.node if n.op_type == "ScatterElements" for a in n.attribute if a.name == "reduction"
+        for n in inlined.graph.node
+        if n.op_type == "ScatterElements"
+        for a in n.attribute
+        if a.name == "reduction"
     )
     onnx.checker.check_model(inlined, full_check=True)
     inl = ort.InferenceSession(inlined.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -162,7 +172,10 @@ def test_functions_follow_the_model_opset(opset):
     assert all(list(f.opset_import) == [oh.make_opsetid("", opset)] for f in m.functions)
     onnx.checker.check_model(m, full_check=True)
     feeds = _case(2, 5, 3, 2, seed=opset)
-    _check(ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds), _expected(feeds))
+    _check(
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds),
+        _expected(feeds),
+    )
 
 
 def test_attach_is_idempotent_and_declares_the_plugin_attributes():
@@ -176,23 +189,33 @@ def test_attach_is_idempotent_and_declares_the_plugin_attributes():
 
 def test_attach_adds_only_used_ops_and_covers_nested_functions():
     inner = oh.make_function(
-        "my", "Unmerge", ["y", "a"], ["o"],
+        "my",
+        "Unmerge",
+        ["y", "a"],
+        ["o"],
         [oh.make_node("TokenUnmerge", ["y", "a"], ["o"], domain="qm", **ATTRS)],
         opset_imports=[oh.make_opsetid("", 20)],
     )
     graph = oh.make_graph(
-        [oh.make_node("Unmerge", ["y", "a"], ["o"], domain="my")], "g",
-        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "M", "D"]),
-         oh.make_tensor_value_info("a", TensorProto.INT32, ["B", "N"])],
+        [oh.make_node("Unmerge", ["y", "a"], ["o"], domain="my")],
+        "g",
+        [
+            oh.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "M", "D"]),
+            oh.make_tensor_value_info("a", TensorProto.INT32, ["B", "N"]),
+        ],
         [oh.make_tensor_value_info("o", TensorProto.FLOAT, ["B", "N", "D"])],
     )
-    m = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 20), oh.make_opsetid("my", 1)], functions=[inner])
+    m = oh.make_model(
+        graph, opset_imports=[oh.make_opsetid("", 20), oh.make_opsetid("my", 1)], functions=[inner]
+    )
     out = attach_qm_functions(m)
     assert sorted((f.domain, f.name) for f in out.functions) == [("my", "Unmerge"), ("qm", "TokenUnmerge")]
     onnx.checker.check_model(out, full_check=True)
     y = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
     a = np.array([[2, 0, 1, 2], [1, 1, 0, 2]], np.int32)
-    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"y": y, "a": a})[0]
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"y": y, "a": a}
+    )[0]
     assert np.array_equal(got, np.take_along_axis(y, a[:, :, None].astype(np.int64).repeat(4, 2), 1))
 
 

@@ -76,11 +76,6 @@ def _assign(b: int, n: int, k: int, seed: int, *, skip_last: bool = False) -> to
     return a.to(DEVICE)
 
 
-def _on(factory):
-    """``factory`` making tensors on the test device."""
-    return lambda *args, **kwargs: factory(*args, **kwargs).to(DEVICE)
-
-
 def _tol(dtype: torch.dtype) -> dict:
     # One rounding of the float32 result to the output dtype, plus float32 summation-order noise.
     eps = torch.finfo(dtype).eps
@@ -215,29 +210,52 @@ def test_out_of_range_indices_never_fault_and_read_as_zero():
     assert torch.equal(out[0, 0], y[0, 0]) and torch.equal(out[0, 3], y[0, 2])
 
 
+def _z(*shape, dtype=torch.float32):
+    return torch.zeros(*shape, dtype=dtype, device=DEVICE)
+
+
+def _t(rows, dtype=torch.int32):
+    return torch.tensor(rows, dtype=dtype, device=DEVICE)
+
+
+I32 = torch.int32
+
+
 @pytest.mark.parametrize(
     "call,error,words",
     [
-        (lambda: token_group_index(_on(torch.zeros)(2, 3, dtype=torch.float32), 2), TypeError, ["assign", "float32"]),
-        (lambda: token_group_index(_on(torch.zeros)(2, 3, 1, dtype=torch.int32), 2), ValueError, ["assign", "rank 2"]),
-        (lambda: token_group_index(_on(torch.zeros)(2, 3, dtype=torch.int32), 0), ValueError, ["k", ">= 1"]),
-        (lambda: token_group_index(_on(torch.zeros)(2, 3, dtype=torch.int32), 2.0), TypeError, ["k", "float"]),
-        (lambda: token_group_index(_on(torch.full)((2, 3), 2, dtype=torch.int32), 2), ValueError, ["assign", "[0, 2)"]),
-        (lambda: token_merge(_on(torch.zeros)(1, 3, 2), _on(torch.zeros)(1, 3, dtype=torch.float16),
-                             _on(torch.zeros)(1, 3, dtype=torch.int32), _on(torch.zeros)(1, 2, dtype=torch.int32)),
-         TypeError, ["weight", "float16"]),
-        (lambda: token_merge(_on(torch.zeros)(1, 3, 2), _on(torch.zeros)(1, 4),
-                             _on(torch.zeros)(1, 3, dtype=torch.int32), _on(torch.zeros)(1, 2, dtype=torch.int32)),
-         ValueError, ["weight", "(1, 3)"]),
-        (lambda: token_merge(_on(torch.zeros)(1, 4, 3).transpose(1, 2), _on(torch.zeros)(1, 3),
-                             _on(torch.zeros)(1, 3, dtype=torch.int32), _on(torch.zeros)(1, 2, dtype=torch.int32)),
-         ValueError, ["x", "contiguous"]),
-        (lambda: token_merge(_on(torch.zeros)(1, 3, 2), _on(torch.zeros)(1, 3), _on(torch.zeros)(1, 3, dtype=torch.int32),
-                             _on(torch.tensor)([[0, 2]], dtype=torch.int32)), ValueError, ["offsets", "N=3"]),
-        (lambda: token_unmerge(_on(torch.zeros)(1, 2, 2, dtype=torch.int32), _on(torch.zeros)(1, 3, dtype=torch.int32)),
-         TypeError, ["y", "int32"]),
-        (lambda: token_unmerge(_on(torch.zeros)(1, 2, 2), _on(torch.tensor)([[0, 2]])), ValueError, ["assign", "[0, 2)"]),
-        (lambda: token_unmerge(_on(torch.zeros)(2, 2, 2), _on(torch.zeros)(1, 3, dtype=torch.int32)), ValueError, ["assign", "batch 2"]),
+        (lambda: token_group_index(_z(2, 3), 2), TypeError, ["assign", "float32"]),
+        (lambda: token_group_index(_z(2, 3, 1, dtype=I32), 2), ValueError, ["assign", "rank 2"]),
+        (lambda: token_group_index(_z(2, 3, dtype=I32), 0), ValueError, ["k", ">= 1"]),
+        (lambda: token_group_index(_z(2, 3, dtype=I32), 2.0), TypeError, ["k", "float"]),
+        (lambda: token_group_index(_z(2, 3, dtype=I32) + 2, 2), ValueError, ["assign", "[0, 2)"]),
+        (
+            lambda: token_merge(
+                _z(1, 3, 2), _z(1, 3, dtype=torch.float16), _z(1, 3, dtype=I32), _z(1, 2, dtype=I32)
+            ),
+            TypeError,
+            ["weight", "float16"],
+        ),
+        (
+            lambda: token_merge(_z(1, 3, 2), _z(1, 4), _z(1, 3, dtype=I32), _z(1, 2, dtype=I32)),
+            ValueError,
+            ["weight", "(1, 3)"],
+        ),
+        (
+            lambda: token_merge(
+                _z(1, 4, 3).transpose(1, 2), _z(1, 3), _z(1, 3, dtype=I32), _z(1, 2, dtype=I32)
+            ),
+            ValueError,
+            ["x", "contiguous"],
+        ),
+        (
+            lambda: token_merge(_z(1, 3, 2), _z(1, 3), _z(1, 3, dtype=I32), _t([[0, 2]])),
+            ValueError,
+            ["offsets", "N=3"],
+        ),
+        (lambda: token_unmerge(_z(1, 2, 2, dtype=I32), _z(1, 3, dtype=I32)), TypeError, ["y", "int32"]),
+        (lambda: token_unmerge(_z(1, 2, 2), _t([[0, 2]], torch.int64)), ValueError, ["assign", "[0, 2)"]),
+        (lambda: token_unmerge(_z(2, 2, 2), _z(1, 3, dtype=I32)), ValueError, ["assign", "batch 2"]),
     ],
 )
 def test_bad_input_is_rejected_with_a_clear_error(call, error, words):

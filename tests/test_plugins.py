@@ -26,7 +26,9 @@ SHAPES = {  # input shapes per plugin: B=4, N=197, K=66, D=768
 
 
 def test_import_pulls_in_neither_tensorrt_nor_triton():
-    code = "import sys, qm_export_plugins; print(sorted(m for m in ('tensorrt', 'triton') if m in sys.modules))"
+    code = (
+        "import sys, qm_export_plugins; print(sorted(m for m in ('tensorrt', 'triton') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -46,7 +48,11 @@ def test_register_needs_an_implementation():
 
 
 def test_plugin_ids_and_constants():
-    assert [qp.plugin_id(op) for op in qp.PLUGIN_NAMES] == ["qm::TokenGroupIndex", "qm::TokenMerge", "qm::TokenUnmerge"]
+    assert [qp.plugin_id(op) for op in qp.PLUGIN_NAMES] == [
+        "qm::TokenGroupIndex",
+        "qm::TokenMerge",
+        "qm::TokenUnmerge",
+    ]
     assert (qp.PLUGIN_NAMESPACE, qp.PLUGIN_VERSION) == ("qm", "1")
     with pytest.raises(ValueError, match="TokenSort"):
         qp.plugin_id("TokenSort")
@@ -99,8 +105,16 @@ def test_triton_signature_follows_the_kernel_parameter_order():
         params = list(inspect.signature(kernel.fn).parameters)
         assert list(sig) == params  # inputs, scalars, outputs, constexprs: TensorRT's AOT order
     sig = qp.triton_signature("TokenMerge", ("BF16", "FLOAT", "INT32", "INT32", "BF16"))
-    assert sig == {"x_ptr": "*bf16", "weight_ptr": "*fp32", "order_ptr": "*i32", "offsets_ptr": "*i32",
-                   "N": "i32", "K": "i32", "D": "i32", "out_ptr": "*bf16"}
+    assert sig == {
+        "x_ptr": "*bf16",
+        "weight_ptr": "*fp32",
+        "order_ptr": "*i32",
+        "offsets_ptr": "*i32",
+        "N": "i32",
+        "K": "i32",
+        "D": "i32",
+        "out_ptr": "*bf16",
+    }
     with pytest.raises(ValueError, match="FP8"):
         qp.triton_signature("TokenUnmerge", ("FP8", "INT32", "FP8"))
     with pytest.raises(ValueError, match="3 inputs and outputs"):
@@ -108,7 +122,9 @@ def test_triton_signature_follows_the_kernel_parameter_order():
 
 
 def test_divisibility_hint_only_for_static_multiples_of_16():
-    assert qp.aot_attrs("TokenMerge", 768) == {(6,): [["tt.divisibility", 16]]}  # x, w, order, offsets, N, K, D
+    assert qp.aot_attrs("TokenMerge", 768) == {
+        (6,): [["tt.divisibility", 16]]
+    }  # x, w, order, offsets, N, K, D
     assert qp.aot_attrs("TokenUnmerge", 1024) == {(4,): [["tt.divisibility", 16]]}  # y, assign, M, N, D
     assert qp.aot_attrs("TokenMerge", 100) == {} and qp.aot_attrs("TokenMerge", None) == {}
     assert qp.aot_attrs("TokenGroupIndex", 768) == {}
@@ -148,7 +164,9 @@ _AOT_SCRIPT = textwrap.dedent(
 def test_aot_compilation_for_sm90_without_a_gpu():
     # A subprocess: triton must be imported without TRITON_INTERPRET, which the kernel tests set.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(results) == 2 + 3 + 3
@@ -195,7 +213,9 @@ def test_parser_builds_and_runs_the_plugins_against_the_reference(tmp_path):
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    assert parser.parse(_qm_model().SerializeToString()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    assert parser.parse(_qm_model().SerializeToString()), [
+        str(parser.get_error(i)) for i in range(parser.num_errors)
+    ]
     config = builder.create_builder_config()
     config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
@@ -207,8 +227,12 @@ def test_parser_builds_and_runs_the_plugins_against_the_reference(tmp_path):
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     ctx = engine.create_execution_context()
     g = torch.Generator().manual_seed(0)
-    feeds = {"assign": torch.randint(0, 7, (2, 33), generator=g).int(), "seeds": torch.zeros(2, 7, dtype=torch.int64),
-             "x": torch.randn(2, 33, 16, generator=g), "weight": torch.rand(2, 33, generator=g)}
+    feeds = {
+        "assign": torch.randint(0, 7, (2, 33), generator=g).int(),
+        "seeds": torch.zeros(2, 7, dtype=torch.int64),
+        "x": torch.randn(2, 33, 16, generator=g),
+        "weight": torch.rand(2, 33, generator=g),
+    }
     buffers = {k: v.cuda() for k, v in feeds.items()}
     for name, v in buffers.items():
         ctx.set_input_shape(name, tuple(v.shape))

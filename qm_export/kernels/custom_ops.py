@@ -58,7 +58,9 @@ def _check_merge(x: torch.Tensor, weight: torch.Tensor, order: torch.Tensor, off
     check_shape("weight", weight, tuple(x.shape[:2]), "B, N of x")
     check_shape("order", order, tuple(x.shape[:2]), "B, N of x")
     if offsets.shape[0] != x.shape[0] or offsets.shape[1] < 2:
-        raise ValueError(f"offsets must have shape (B={x.shape[0]}, K+1) with K >= 1, got {tuple(offsets.shape)}")
+        raise ValueError(
+            f"offsets must have shape (B={x.shape[0]}, K+1) with K >= 1, got {tuple(offsets.shape)}"
+        )
 
 
 def _check_unmerge(y: torch.Tensor, assign: torch.Tensor) -> None:
@@ -88,13 +90,17 @@ def _(assign: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.library.custom_op("qm::token_merge", mutates_args=())
-def token_merge(x: torch.Tensor, weight: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def token_merge(
+    x: torch.Tensor, weight: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor
+) -> torch.Tensor:
     """Per-group weighted mean ``(B, K, D)`` in ``x.dtype`` (float32 accumulation, zeros for weightless groups)."""
     _check_merge(x, weight, order, offsets)
     if _use_triton(x):
         from .launch import token_merge as kernel
 
-        return kernel(x.contiguous(), weight.contiguous(), order.contiguous(), offsets.contiguous(), validate=False)
+        return kernel(
+            x.contiguous(), weight.contiguous(), order.contiguous(), offsets.contiguous(), validate=False
+        )
     return token_merge_reference(x, weight, order, offsets)
 
 

@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 
-
 def _interpreting() -> bool:
     """Whether triton runs (or, once imported, will run) kernels in its interpreter.
 
@@ -89,7 +88,9 @@ def _launch(name: str, cfg, args: tuple, device: torch.device) -> None:
         kernel[grid](*args, **kwargs)
 
 
-def launch_token_group_index(assign: torch.Tensor, seeds: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor) -> None:
+def launch_token_group_index(
+    assign: torch.Tensor, seeds: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor
+) -> None:
     """Run the group-index kernel into ``order (B, N)`` and ``offsets (B, K+1)`` (int32, contiguous).
 
     ``assign`` ``(B, N)`` int32; ``seeds`` any contiguous tensor whose shape is ``(B, K)``
@@ -101,7 +102,9 @@ def launch_token_group_index(assign: torch.Tensor, seeds: torch.Tensor, order: t
     _launch("token_group_index_kernel", cfg, (assign, seeds, n, k, order, offsets), assign.device)
 
 
-def launch_token_merge(x: torch.Tensor, weight: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor, out: torch.Tensor) -> None:
+def launch_token_merge(
+    x: torch.Tensor, weight: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor, out: torch.Tensor
+) -> None:
     """Run the merge kernel into ``out`` ``(B, K, D)`` (``x``'s dtype, contiguous)."""
     batch, n, d = x.shape
     k = offsets.shape[1] - 1
@@ -117,7 +120,9 @@ def launch_token_unmerge(y: torch.Tensor, assign: torch.Tensor, out: torch.Tenso
     _launch("token_unmerge_kernel", cfg, (y, assign, m, n, d, out), y.device)
 
 
-def token_group_index(assign: torch.Tensor, k: int, *, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def token_group_index(
+    assign: torch.Tensor, k: int, *, validate: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stable counting sort of ``assign`` ``(B, N)`` (int32/int64, values in ``[0, k)``) into ``k`` groups.
 
     Returns ``order`` ``(B, N)`` int32 (token indices sorted by group, then index) and
@@ -139,7 +144,12 @@ def token_group_index(assign: torch.Tensor, k: int, *, validate: bool = True) ->
 
 
 def token_merge(
-    x: torch.Tensor, weight: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor, *, validate: bool = True
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    order: torch.Tensor,
+    offsets: torch.Tensor,
+    *,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Per-group weighted mean of ``x`` ``(B, N, D)`` (fp32/fp16/bf16) with ``weight`` ``(B, N)`` float32.
 
@@ -161,7 +171,9 @@ def token_merge(
     if validate:
         check_range("order", order, n)
         check_range("offsets", offsets, n + 1)
-        if offsets.numel() and (bool((offsets[:, 1:] < offsets[:, :-1]).any()) or bool((offsets[:, -1] != n).any())):
+        if offsets.numel() and (
+            bool((offsets[:, 1:] < offsets[:, :-1]).any()) or bool((offsets[:, -1] != n).any())
+        ):
             raise ValueError(f"offsets must be non-decreasing per row and end at N={n}")
     order, offsets = order.to(torch.int32), offsets.to(torch.int32)
     k = offsets.shape[1] - 1

@@ -110,13 +110,13 @@ def correctness(quick: bool) -> None:
 @guarded("determinism")
 def determinism() -> None:
     a, x, w = inputs(4, 4096, 1366, 1024, torch.bfloat16, seed=1)
-    runs = [K.merge_groups(x, a, w, 1366) for _ in range(5)]
+    runs = [(*K.token_group_index(a, 1366), K.merge_groups(x, a, w, 1366)) for _ in range(5)]
 
     def bits(t):
         return t.contiguous().view(torch.uint8)
 
     same = all(torch.equal(bits(r), bits(s)) for run in runs[1:] for r, s in zip(run, runs[0]))
-    record("determinism", "merge_groups x5 bf16 (4, 4096, 1366, 1024)", same)
+    record("determinism", "group index + merge_groups x5 bf16 (4, 4096, 1366, 1024)", same)
 
 
 @guarded("custom_ops")

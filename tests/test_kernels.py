@@ -154,7 +154,7 @@ def test_merge_one_token_groups_return_the_token():
     x = torch.randn(b, n, d, generator=_gen(5)).to(DEVICE)
     w = (torch.rand(b, n, generator=_gen(6)) * 3 + 0.5).to(DEVICE)
     a = torch.arange(n).flip(0).expand(b, n).contiguous().to(DEVICE)  # K = N, each group one token
-    merged, _, _ = merge_groups(x, a, w, n)
+    merged = merge_groups(x, a, w, n)
     torch.testing.assert_close(merged, x.flip(1), rtol=2.5e-7, atol=0)
 
 
@@ -195,8 +195,8 @@ def test_merge_is_bitwise_deterministic():
     a = _assign(b, n, k, seed=9)
     x = torch.randn(b, n, d, generator=g).to(torch.float16).to(DEVICE)
     w = torch.rand(b, n, generator=g).to(DEVICE)
-    first = merge_groups(x, a, w, k)
-    second = merge_groups(x, a, w, k)
+    first = (*token_group_index(a, k), merge_groups(x, a, w, k))
+    second = (*token_group_index(a, k), merge_groups(x, a, w, k))
     for u, v in zip(first, second):
         assert torch.equal(u.contiguous().view(torch.uint8), v.contiguous().view(torch.uint8))
 

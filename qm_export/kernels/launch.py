@@ -203,13 +203,13 @@ def token_unmerge(y: torch.Tensor, assign: torch.Tensor, *, validate: bool = Tru
 
 def merge_groups(
     x: torch.Tensor, assign: torch.Tensor, weight: torch.Tensor, k: int, *, validate: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """Group by ``assign`` ``(B, N)`` into ``k`` groups, then merge ``x`` ``(B, N, D)`` with ``weight``.
 
-    Returns ``(merged (B, k, D), order (B, N), offsets (B, k+1))``.
+    ``token_merge(x, weight, *token_group_index(assign, k))``: ``(B, k, D)`` in ``x.dtype``.
     """
     check_tensor("x", x, 3, FLOAT_DTYPES)
     check_tensor("assign", assign, 2, INDEX_DTYPES)
     check_shape("assign", assign, tuple(x.shape[:2]), "B, N of x")
     order, offsets = token_group_index(assign, k, validate=validate)
-    return token_merge(x, weight, order, offsets, validate=False), order, offsets
+    return token_merge(x, weight, order, offsets, validate=False)

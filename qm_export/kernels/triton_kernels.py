@@ -118,7 +118,8 @@ def token_merge_kernel(
             acc += xv.to(tl.float32) * w
             wsum += w
     safe = tl.where(wsum > 0.0, wsum, 1.0)
-    result = tl.where(wsum > 0.0, acc / safe, 0.0)
+    # div_rn: IEEE division (a plain / compiles to the approximate div.full.f32).
+    result = tl.where(wsum > 0.0, tl.math.div_rn(acc, safe), 0.0)
     tl.store(out_ptr + group * D + d, result.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 

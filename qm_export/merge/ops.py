@@ -46,10 +46,11 @@ def _kernel_ops_available() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
-        import qm_export.kernels  # noqa: F401  (registers torch.ops.qm.*)
+        import qm_export.kernels as kernels  # registers torch.ops.qm.*; triton is imported lazily
     except ImportError:
         return False
-    return hasattr(torch.ops, "qm") and hasattr(torch.ops.qm, "token_merge")
+    # Without triton the custom ops would only rerun the reference on CUDA.
+    return kernels.triton_available() and hasattr(torch.ops, "qm") and hasattr(torch.ops.qm, "token_merge")
 
 
 def _use_kernels(*tensors: torch.Tensor) -> bool:

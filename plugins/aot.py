@@ -1,0 +1,86 @@
+"""Compile a ``qm`` kernel ahead of time for a TensorRT AOT plugin (needs triton, not TensorRT).
+
+``compile_kernel`` turns the same ``@triton.jit`` function the torch launcher uses into PTX
+with ``triton.compiler.ASTSource`` + ``triton.compile`` (triton 3.8: dict signatures keyed by
+argument name). Triton's launcher appends hidden ``global_scratch`` / ``profile_scratch``
+pointer parameters that TensorRT does not pass, so a kernel that would need either buffer is
+refused. Without ``target`` Triton compiles for the current CUDA device (at engine build).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .specs import KERNEL_NAMES, aot_attrs, launch_config, triton_signature
+
+__all__ = ["CompiledKernel", "compile_kernel", "jit_function"]
+
+
+@dataclass(frozen=True)
+class CompiledKernel:
+    """A kernel ready for ``KernelLaunchParams``.
+
+    Attributes:
+        name: PTX entry name.
+        ptx: PTX text.
+        block_x: threads per program (``32 * num_warps``).
+        shared_mem: dynamic shared memory in bytes.
+    """
+
+    name: str
+    ptx: str
+    block_x: int
+    shared_mem: int
+
+
+def jit_function(op: str):
+    """The plugin's kernel, the ``JITFunction`` the torch launcher uses too.
+
+    Raises:
+        RuntimeError: triton was imported with ``TRITON_INTERPRET=1`` (its library functions
+            are then interpreter objects that cannot be compiled).
+    """
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+
+    from qm_export.kernels import triton_kernels
+
+    kernel = getattr(triton_kernels, KERNEL_NAMES[op])
+    if not isinstance(kernel, JITFunction) or not isinstance(tl.cdiv, JITFunction):
+        raise RuntimeError(
+            "triton was imported with TRITON_INTERPRET=1: kernels cannot be compiled ahead of time "
+            "in this process (unset TRITON_INTERPRET before importing triton)"
+        )
+    return kernel
+
+
+def compile_kernel(
+    op: str, dtypes: Sequence[str], shapes: Sequence[Sequence[Any]], *, target: Any = None
+) -> CompiledKernel:
+    """Compile the kernel of plugin ``op`` for I/O dtypes ``dtypes`` (``trt.DataType`` names).
+
+    ``shapes`` are the input shapes (shape expressions or ints): they choose the constexprs
+    (static dims only) through :func:`specs.launch_config`. ``target`` is a
+    ``triton.backends.compiler.GPUTarget`` (default: the current device).
+
+    Raises:
+        RuntimeError: the compiled kernel needs global or profile scratch memory.
+    """
+    import triton
+
+    from qm_export.kernels.config import static_dim
+
+    cfg = launch_config(op, shapes)
+    fn = jit_function(op)
+    signature = triton_signature(op, dtypes, tuple(cfg.constexprs))
+    d_static = static_dim(shapes[0][2]) if op != "TokenGroupIndex" else None
+    src = triton.compiler.ASTSource(
+        fn=fn, signature=signature, constexprs=cfg.constexprs, attrs=aot_attrs(op, d_static)
+    )
+    compiled = triton.compile(src, target=target, options={"num_warps": cfg.num_warps})
+    meta = compiled.metadata
+    scratch = {k: getattr(meta, k, 0) for k in ("global_scratch_size", "profile_scratch_size")}
+    if any(scratch.values()):
+        raise RuntimeError(f"{op}: compiled kernel needs scratch memory TensorRT does not provide: {scratch}")
+    return CompiledKernel(meta.name, compiled.asm["ptx"], meta.num_warps * 32, meta.shared)

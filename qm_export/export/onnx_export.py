@@ -151,7 +151,7 @@ def _attach_functions(model: ir.Model) -> None:
 
     opset = model.opset_imports.get("", None)
     used = {n.op_type for n in model.graph.all_nodes() if n.domain == "qm"}
-    for proto in qm_function_protos(opset):
+    for proto in qm_function_protos(opset).values():
         if proto.name in used:
             fn = ir.serde.deserialize_function(proto)
             model.functions[fn.identifier()] = fn

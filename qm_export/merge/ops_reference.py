@@ -18,7 +18,6 @@ __all__ = [
     "token_merge_reference",
     "token_unmerge_reference",
     "group_of_sorted",
-    "group_sum_reference",
 ]
 
 
@@ -87,14 +86,6 @@ def token_merge_reference(
     safe = torch.where(den > 0, den, torch.ones_like(den))
     out = torch.where(den > 0, num / safe, torch.zeros_like(num))
     return out.to(x.dtype)
-
-
-def group_sum_reference(values: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Per-group sum of ``values`` ``(B, N)`` (float32) over the grouping; ``(B, K)``."""
-    sorted_values = torch.gather(values.float(), 1, order.long())
-    csum = torch.cat([sorted_values.new_zeros(values.shape[0], 1), sorted_values.cumsum(1)], dim=1)
-    off = offsets.long()
-    return torch.gather(csum, 1, off[:, 1:]) - torch.gather(csum, 1, off[:, :-1])
 
 
 def token_unmerge_reference(y: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Token + learned position embeddings and an embedding LayerNorm, post-norm layers, padding-aware
 through ``attention_mask`` (padded keys get ``-inf``; padded tokens are never read by a merge).
 Outputs ``last_hidden_state`` unmerged back to ``(B, N, D)`` (every original position gets its
-merged token) and ``pooled``, the mean over real tokens, computed on the merged tokens as
+merged token; padded positions are zeros) and ``pooled``, the mean over real tokens, computed on the merged tokens as
 ``sum(size h) / sum(size)`` (merged padding has size 0 and never counts). No token-type
 embeddings and no pooler (sentence-embedding style).
 """
@@ -53,7 +53,7 @@ def check_text_inputs(
     if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
         raise TypeError(f"input_ids must be an integer tensor, got {getattr(input_ids, 'dtype', type(input_ids).__name__)}")
     if attention_mask is None:
-        return torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+        attention_mask = torch.ones(input_ids.shape, dtype=torch.int64, device=input_ids.device)
     if not isinstance(attention_mask, torch.Tensor):
         raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
     mask = attention_mask != 0
@@ -115,8 +115,9 @@ class TextEncoder(MergingModel):
         h = self.embed_norm(self.tok_embed(input_ids) + self.pos_embed(positions))
         state = TokenState.initial(batch, n, h.device, mask=mask, positions=positions)
         out = self.stack(h, state, generator=generator, collect_attentions=output_attentions)
+        dense = unmerge_to_input(out.hidden, out.state)
         outputs = {
-            "last_hidden_state": unmerge_to_input(out.hidden, out.state),
+            "last_hidden_state": torch.where(mask.unsqueeze(-1), dense, torch.zeros((), dtype=dense.dtype, device=dense.device)),
             "pooled": size_weighted_mean(out.hidden, out.state),
         }
         return ModelOutput(outputs, out.merges, out.tokens, attentions=out.attentions)

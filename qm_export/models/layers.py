@@ -74,8 +74,19 @@ class AttentionOutput(NamedTuple):
     metric: torch.Tensor
 
 
+#: Standard deviation of the attention scores ``q.k / sqrt(dh)`` at random init (unit-variance
+#: inputs). PyTorch's default ``Linear`` init gives about 1/3, i.e. nearly uniform attention,
+#: whose entropies are all alike; trained models attend far more selectively.
+INIT_SCORE_STD = 2.0
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` projection (GPT-2 / timm layout)."""
+    """Multi-head self-attention with a fused ``qkv`` projection (GPT-2 / timm layout).
+
+    At random init the query and key projections are drawn so that the attention scores have
+    a standard deviation of about :data:`INIT_SCORE_STD`, so that attention entropies, and so
+    QuickMerge++ saliency, differ between tokens as in trained models.
+    """
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -84,6 +95,7 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        nn.init.normal_(self.qkv.weight[: 2 * dim], std=math.sqrt(INIT_SCORE_STD / dim))
 
     def forward(
         self,

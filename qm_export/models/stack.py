@@ -82,6 +82,13 @@ class seeded:
         self._fork.__exit__(*exc)
 
 
+def _layer_cache(key: torch.Tensor, value: torch.Tensor, state: TokenState) -> LayerCache:
+    """The cache of one layer; padded entries hold zeros (they are never attended)."""
+    real = state.mask[:, None, :, None]
+    zero = torch.zeros((), dtype=key.dtype, device=key.device)
+    return LayerCache(torch.where(real, key, zero), torch.where(real, value, zero), state.positions, real_sizes(state))
+
+
 class MergingStack(nn.Module):
     """``depth`` :class:`Block` layers with the merges of ``schedule``.
 
@@ -149,7 +156,7 @@ class MergingStack(nn.Module):
             a = block.attend(h, bias)
             h = a.hidden
             if collect_cache:
-                cache.append(LayerCache(a.key, a.value, state.positions, real_sizes(state)))
+                cache.append(_layer_cache(a.key, a.value, state))
             if collect_attentions:
                 attentions.append((a.probs, state.positions))
             cfg = self.configs.get(layer)

@@ -263,14 +263,20 @@ def _check_model(r: _Reader, recipe: Recipe) -> None:
         cls.make_schedule(recipe.merge.schedule, config.depth, recipe.merge_options())
     except (TypeError, ValueError) as err:
         raise r.fail("merge", str(err)) from None
-    if tuple(recipe.inputs) != cls.input_names:
-        raise r.fail("inputs", f"family {recipe.family!r} takes inputs {list(cls.input_names)}, got {list(recipe.inputs)}")
     for spec in recipe.inputs.values():
         extra = set(spec.dynamic) - ({"batch", "sequence"} if cls.dynamic_sequence else {"batch"})
         if extra:
             raise r.fail(f"inputs.{spec.name}.dynamic", f"family {recipe.family!r} cannot vary {sorted(extra)}")
         if cls.dynamic_sequence and spec.shape[-1] > getattr(config, "max_positions", spec.shape[-1]):
             raise r.fail(f"inputs.{spec.name}.shape", f"sequence {spec.shape[-1]} exceeds max_positions")
+
+
+def _check_input_names(r: _Reader, family: str, inputs: Mapping[str, InputSpec]) -> None:
+    from .models.families import FAMILIES
+
+    cls = FAMILIES.get(family)
+    if cls is not None and tuple(inputs) != cls.input_names:
+        raise r.fail("inputs", f"family {family!r} takes inputs {list(cls.input_names)} (in this order), got {list(inputs)}")
 
 
 def parse_recipe(doc: Mapping[str, Any], path: Path, name: str | None = None) -> Recipe:
@@ -282,9 +288,11 @@ def parse_recipe(doc: Mapping[str, Any], path: Path, name: str | None = None) ->
     export = r.table(doc, "export", "export")
     r.only(export, "export", {"opset", "precision", "merge_impl"})
     inputs = _parse_inputs(r, doc)
+    family = r.string(model, "model", "family")
+    _check_input_names(r, family, inputs)
     recipe = Recipe(
         name=name or path.stem,
-        family=r.string(model, "model", "family"),
+        family=family,
         size=r.string(model, "model", "size"),
         description=r.string(model, "model", "description", default=""),
         config=dict(r.table(model, "model.config", "config")),

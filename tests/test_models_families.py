@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from qm_export.merge import QuickMergeConfig, resolve_keep
 from qm_export.models import build_model, carry_history, parse_schedule
 from qm_export.models.causal_lm import CausalLM
 from qm_export.models.encoder import TextEncoder
@@ -243,3 +246,41 @@ def test_family_fixes_protect_and_mode():
         build_model("resnet")
     with pytest.raises(ValueError, match="unknown size"):
         build_model("vit", "huge")
+
+
+def test_vit_mean_pool_is_the_size_weighted_mean():
+    base = build_model("vit", {"image_size": 32, "patch_size": 8, "dim": 32, "depth": 4, "heads": 4,
+                               "num_classes": 10, "pool": "mean"})
+    x = _inputs(base, "vit")
+    keep_all = base.with_schedule({1: 16})
+    merged = base.with_schedule("1:0.5")
+    with torch.no_grad():
+        ref, same, out = base(*x), keep_all(*x), merged(*x)
+    torch.testing.assert_close(same["pooled"], ref["pooled"], atol=2e-5, rtol=1e-5)
+    # merged: the 8 merged patch tokens stand for all 16 patches (sizes sum to 16)
+    assert torch.equal(out.merges[0]["sizes"][:, 1:].sum(1), torch.full((2,), 16.0))
+    assert not torch.allclose(out["pooled"], ref["pooled"])
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    ratios=st.lists(st.sampled_from([1.0, 0.9, 0.75, 0.5, 0.3]), min_size=3, max_size=3),
+    n=st.integers(6, 24),
+    real=st.integers(1, 24),
+)
+def test_encoder_properties_over_schedules_and_padding(ratios, n, real):
+    """Token counts follow the spec's K rule; pooled is the masked mean of the unmerged output."""
+    model = build_model("encoder", "tiny", ratios)
+    ids = torch.randint(0, 1000, (2, n), generator=torch.Generator().manual_seed(n))
+    mask = torch.ones(2, n, dtype=torch.int64)
+    mask[1, min(real, n):] = 0
+    with torch.no_grad():
+        out = model(ids, mask)
+    expected = [n]
+    for r in ratios:
+        count = expected[-1] if r == 1.0 else resolve_keep(expected[-1], QuickMergeConfig(keep_ratio=r))
+        expected.append(count)
+    assert out.tokens == [n] + expected[1:]
+    w = mask.unsqueeze(-1).float()
+    torch.testing.assert_close(out["pooled"], (out["last_hidden_state"] * w).sum(1) / w.sum(1), atol=1e-5, rtol=1e-5)
+    assert bool((out["last_hidden_state"][1, min(real, n):] == 0).all())

@@ -160,9 +160,7 @@ def load_source(
     if Path(source).is_dir():
         raise ValueError(f"source {str(source)!r} is a directory without a config.json: neither a Hugging Face "
                          "model directory nor a recipe (give a recipe name or a .toml file)")
-    if isinstance(source, Path) or str(source).endswith(".toml") or Path(str(source)).is_file():
-        return recipe_source(load_recipe(source), **options)
-    return recipe_source(load_recipe(str(source)), **options)
+    return recipe_source(load_recipe(source), **options)
 
 
 def _example_shapes(recipe: Recipe, batch: int | None, seq_len: int | None, dynamic_sequence: bool) -> dict[str, tuple[int, ...]]:

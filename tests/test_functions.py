@@ -268,12 +268,6 @@ def test_quickmerge_export_with_functions_matches_eager(quickmerge_onnx):
             np.testing.assert_allclose(g, w.detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(
-    raises=ort.capi.onnxruntime_pybind11_state.NotImplemented,
-    strict=True,
-    reason="qm_export/merge/assign.py eligibility() exports Where on bool tensors, which the ONNX Runtime "
-    "CPU provider does not implement (with those two lines as bool logic this test passes)",
-)
 def test_quickmerge_export_with_functions_runs_in_onnxruntime(quickmerge_onnx):
     module, model = quickmerge_onnx
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -8,6 +8,7 @@ from .. import __version__
 from .build import build
 from .check import check
 from .demo import demo
+from .models import models
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -23,6 +24,7 @@ def main() -> None:
 
 
 main.add_command(demo)
+main.add_command(models)
 main.add_command(check)
 main.add_command(build)
 

@@ -35,8 +35,10 @@ def eligibility(
     if causal:
         real_ok = real_ok & (seeds.unsqueeze(1) >= token_idx.unsqueeze(2))
     any_pad_seed = (~seed_real).any(1, keepdim=True)
-    pad_ok = torch.where(any_pad_seed, ~seed_real, torch.ones_like(seed_real)).unsqueeze(1)
-    return torch.where(token_real.unsqueeze(2), real_ok, pad_ok)
+    # Boolean algebra, not ``torch.where``: ONNX Runtime has no ``Where`` kernel for bool.
+    pad_ok = ((~seed_real) | ~any_pad_seed).unsqueeze(1)
+    token_real = token_real.unsqueeze(2)
+    return (token_real & real_ok) | (~token_real & pad_ok)
 
 
 def _best_eligible(sim: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,7 @@ def select_seeds(
         idx = torch.arange(n, device=real.device).unsqueeze(0)
         is_last = idx == last_real_index(real)
         last_missing = ~(is_seed & is_last).any(1, keepdim=True)
-        is_seed = torch.where(last_missing & (rank == k - 1), torch.zeros_like(is_seed), is_seed)
+        is_seed = is_seed & ~(last_missing & (rank == k - 1))  # no bool Where in ONNX Runtime
         is_seed = is_seed | is_last
     perm = stable_partition(is_seed)
     return perm[:, :k], perm[:, k:]

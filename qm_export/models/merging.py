@@ -17,7 +17,16 @@ from ..merge import QuickMergeConfig, quickmerge, unmerge
 from ..merge.quickmerge import MergeInfo
 from ..merge.saliency import PriorFn
 
-__all__ = ["TokenState", "merge_tokens", "proportional_bias", "causal_bias", "unmerge_to_input"]
+__all__ = [
+    "TokenState",
+    "merge_tokens",
+    "seed_index",
+    "proportional_bias",
+    "causal_bias",
+    "attention_bias",
+    "real_sizes",
+    "unmerge_to_input",
+]
 
 
 @dataclass
@@ -77,11 +86,19 @@ def merge_tokens(
     )
     source = torch.gather(info["assign"], 1, state.source)
     new_state = TokenState(info["sizes"], info["positions"], info["mask"], source)
-    keep_idx = torch.cat(
-        [torch.arange(config.protect, device=hidden.device).unsqueeze(0).expand(hidden.shape[0], -1), info["seeds"]], 1
-    )
+    keep_idx = seed_index(info, config.protect)
     extra_merged = [unmerge(t, keep_idx) for t in extra]
     return merged, new_state, info, extra_merged
+
+
+def seed_index(info: MergeInfo, protect: int) -> torch.Tensor:
+    """Index in the input of the token each merged token is named after: ``(B, P + K)`` int64.
+
+    The protected tokens, then the seeds (``info["seeds"]``).
+    """
+    seeds = info["seeds"]
+    protected = torch.arange(protect, device=seeds.device).unsqueeze(0).expand(seeds.shape[0], protect)
+    return torch.cat([protected, seeds], 1)
 
 
 def proportional_bias(state: TokenState, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -104,6 +121,37 @@ def causal_bias(state: TokenState, dtype: torch.dtype = torch.float32) -> torch.
     allowed = allowed | eye
     zero = torch.zeros((), dtype=dtype, device=pos.device)
     return torch.where(allowed, zero, torch.tensor(float("-inf"), dtype=dtype, device=pos.device)).unsqueeze(1)
+
+
+def real_sizes(state: TokenState) -> torch.Tensor:
+    """``(B, M)`` float32 sizes with padding at 0 (a padded token stands for no real token)."""
+    return torch.where(state.mask, state.sizes, torch.zeros_like(state.sizes))
+
+
+def attention_bias(state: TokenState, causal: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The additive attention bias of a layer over the current tokens.
+
+    Proportional attention (``+log(size)`` on real keys, ``-inf`` on padded keys) and, when
+    ``causal``, position-based causality (key ``j`` visible to query ``i`` iff
+    ``pos_j <= pos_i``). In the causal bias every query may attend to itself, with bias 0 when
+    it is padding, so that padded query rows stay finite (a NaN there would reach real rows
+    through ``0 * NaN`` in the value product).
+
+    Returns:
+        ``(B, 1, 1, M)`` without ``causal``; ``(B, 1, M, M)`` with it.
+    """
+    key = proportional_bias(state, torch.float32)
+    if not causal:
+        return key.to(dtype)
+    pos = state.positions
+    allowed = pos.unsqueeze(1) <= pos.unsqueeze(2)  # [b, i, j]
+    neg = torch.tensor(float("-inf"), device=pos.device)
+    bias = torch.where(allowed.unsqueeze(1), key, neg)
+    own = torch.where(state.mask, torch.log(torch.where(state.mask, state.sizes, torch.ones_like(state.sizes))),
+                      torch.zeros_like(state.sizes))
+    eye = torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device)
+    bias = torch.where(eye, own[:, None, :, None], bias)
+    return bias.to(dtype)
 
 
 def unmerge_to_input(hidden: torch.Tensor, state: TokenState) -> torch.Tensor:

@@ -1,0 +1,244 @@
+"""``load_source``: any model source -> a :class:`LoadedModel`, the uniform view export uses.
+
+A source is a recipe name (``"vit-tiny"``), a recipe ``.toml`` path, or anything a registered
+loader accepts (:func:`register_source_loader`). A directory holding a ``config.json`` goes to
+the Hugging Face adapters (``qm_export.adapters.hf.load_hf_source``, imported lazily).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..recipes import PRECISIONS, ExportDefaults, Recipe, ShapeProfile, Tolerance, load_recipe
+from .export_view import make_export_module
+from .families import family_class
+from .schedule import MergeSchedule
+
+__all__ = ["LoadedModel", "load_source", "register_source_loader", "DTYPES", "recipe_source"]
+
+#: export precision -> torch dtype.
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+#: ``(predicate(source) -> bool, loader(source, **options) -> LoadedModel)``, tried in order.
+_LOADERS: list[tuple[Callable[[Any], bool], Callable[..., "LoadedModel"]]] = []
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to export, validate and profile.
+
+    Attributes:
+        model: the ``nn.Module`` in ``eval()`` mode (cast to ``precision``).
+        export_module: ``forward(*inputs)`` positional in ``input_names`` order, returning a
+            flat tuple in ``output_names`` order (debug outputs appended when asked for).
+        input_names, output_names: graph input and output names.
+        example_inputs: a tuple of seeded tensors (float inputs in the model's dtype).
+        dynamic_shapes: per input, ``{axis: torch.export.Dim}`` (batch always; the sequence
+            length where the family allows it), for ``torch.export`` / ``torch.onnx.export``.
+        family: family name; recipe: the :class:`Recipe` or None; schedule: the merges
+            (empty with ``no_merge``); merge_layers: their layer indices.
+        tolerances: precision -> :class:`Tolerance` (largest error against torch fp32).
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``; export_defaults: opset, merge_impl.
+        build_shapes: input -> TensorRT :class:`ShapeProfile` (min/opt/max).
+        tokens_per_layer: ``tokens_per_layer(*inputs) -> list[int]``: tokens entering each
+            layer, then the number leaving the last layer (``depth + 1`` entries).
+    """
+
+    model: nn.Module
+    export_module: nn.Module
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    example_inputs: tuple[torch.Tensor, ...]
+    dynamic_shapes: tuple[dict[int, Any], ...]
+    family: str
+    recipe: Recipe | None
+    schedule: MergeSchedule
+    tolerances: Mapping[str, Tolerance]
+    merge_layers: tuple[int, ...]
+    precision: str
+    export_defaults: ExportDefaults
+    build_shapes: Mapping[str, ShapeProfile]
+    tokens_per_layer: Callable[..., list[int]]
+
+    @property
+    def tolerance(self) -> Tolerance:
+        """The tolerance of this model's ``precision`` (fp32's when the recipe has none)."""
+        return self.tolerances.get(self.precision, self.tolerances["fp32"])
+
+    def run(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``export_module(*inputs)`` without autograd."""
+        with torch.no_grad():
+            return self.export_module(*inputs)
+
+
+def register_source_loader(predicate: Callable[[Any], bool], loader: Callable[..., LoadedModel]) -> None:
+    """Let ``load_source`` hand sources for which ``predicate(source)`` is true to ``loader``.
+
+    ``loader(source, *, schedule, no_merge, precision, batch, seq_len, debug_outputs, seed)``
+    must return a :class:`LoadedModel`. Later registrations are tried first.
+    """
+    if not callable(predicate) or not callable(loader):
+        raise TypeError("register_source_loader needs two callables: predicate(source) and loader(source, **options)")
+    _LOADERS.insert(0, (predicate, loader))
+
+
+def _is_hf_directory(source: Any) -> bool:
+    return isinstance(source, (str, Path)) and Path(source).is_dir() and (Path(source) / "config.json").is_file()
+
+
+def _load_hf(source: Any, **options: Any) -> LoadedModel:
+    try:
+        from ..adapters.hf import load_hf_source  # type: ignore[import-not-found]
+    except ImportError as err:
+        raise ValueError(
+            f"{source} is a Hugging Face model directory, but the Hugging Face adapters "
+            f"(qm_export.adapters.hf) cannot be imported: {err}"
+        ) from None
+    return load_hf_source(source, **options)
+
+
+def _check_int(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+
+
+def load_source(
+    source: str | Path,
+    *,
+    schedule: Any = None,
+    no_merge: bool = False,
+    precision: str = "fp32",
+    batch: int | None = None,
+    seq_len: int | None = None,
+    debug_outputs: bool = False,
+    seed: int = 0,
+) -> LoadedModel:
+    """Load ``source`` as a :class:`LoadedModel`.
+
+    Args:
+        source: recipe name, recipe ``.toml`` path, Hugging Face directory, or a source a
+            registered loader accepts.
+        schedule: overrides the recipe's merge schedule (any form ``parse_schedule`` takes).
+        no_merge: the same model and weights without merge layers (the baseline).
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``: the model is cast before export
+            (selection maths stay float32 inside quickmerge).
+        batch, seq_len: example input batch size / sequence length (default: the recipe's).
+        debug_outputs: append every merge's ``assign`` and ``seeds`` to the outputs.
+        seed: seed of the random init and of the example inputs.
+
+    Raises:
+        ValueError / TypeError naming the argument and value.
+    """
+    if not isinstance(source, (str, Path)):
+        raise TypeError(f"source must be a recipe name or a path, got {type(source).__name__}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    _check_int("batch", batch)
+    _check_int("seq_len", seq_len)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if no_merge and schedule is not None:
+        raise ValueError("no_merge=True builds the model without merges; do not also pass a schedule")
+    options = dict(schedule=schedule, no_merge=no_merge, precision=precision, batch=batch,
+                   seq_len=seq_len, debug_outputs=debug_outputs, seed=int(seed))
+    for predicate, loader in _LOADERS:
+        if predicate(source):
+            return loader(source, **options)
+    if _is_hf_directory(source):
+        return _load_hf(source, **options)
+    if Path(source).is_dir():
+        raise ValueError(f"source {str(source)!r} is a directory without a config.json: neither a Hugging Face "
+                         "model directory nor a recipe (give a recipe name or a .toml file)")
+    return recipe_source(load_recipe(source), **options)
+
+
+def _example_shapes(recipe: Recipe, batch: int | None, seq_len: int | None, dynamic_sequence: bool) -> dict[str, tuple[int, ...]]:
+    if seq_len is not None and not dynamic_sequence:
+        raise ValueError(f"seq_len={seq_len}: family {recipe.family!r} has a token count fixed by its config; "
+                         "its sequence length cannot be set")
+    shapes = {}
+    for name, spec in recipe.inputs.items():
+        shape = list(spec.shape)
+        if batch is not None:
+            shape[spec.dynamic["batch"]] = batch
+        if seq_len is not None and "sequence" in spec.dynamic:
+            shape[spec.dynamic["sequence"]] = seq_len
+        shapes[name] = tuple(shape)
+    return shapes
+
+
+def _dynamic_shapes(recipe: Recipe, shapes: Mapping[str, tuple[int, ...]], seq_limit: int | None) -> tuple[dict[int, Any], ...]:
+    """One ``{axis: Dim}`` per input; a Dim's range covers the build profile and the example."""
+    bounds: dict[str, list[int]] = {}
+    for name, spec in recipe.inputs.items():
+        profile = recipe.build_shapes[name]
+        for dim_name, axis in spec.dynamic.items():
+            lo = min(profile.min[axis], shapes[name][axis])
+            hi = max(profile.max[axis], shapes[name][axis])
+            if dim_name == "sequence" and seq_limit is not None:
+                hi = min(hi, seq_limit)
+            old = bounds.get(dim_name, [lo, hi])
+            bounds[dim_name] = [max(old[0], lo), min(old[1], hi)]
+    dims = {n: torch.export.Dim(n, min=lo, max=hi) for n, (lo, hi) in bounds.items()}
+    return tuple({axis: dims[n] for n, axis in spec.dynamic.items()} for spec in recipe.inputs.values())
+
+
+def recipe_source(
+    recipe: Recipe, *, schedule: Any = None, no_merge: bool = False, precision: str = "fp32",
+    batch: int | None = None, seq_len: int | None = None, debug_outputs: bool = False, seed: int = 0,
+) -> LoadedModel:
+    """Build the :class:`LoadedModel` of a recipe (see :func:`load_source` for the options)."""
+    cls = family_class(recipe.family)
+    config = cls.config_class.from_mapping(recipe.config, where=f"recipe {recipe.path}: model.config")
+    spec = None if no_merge else (recipe.merge.schedule if schedule is None else schedule)
+    try:
+        model = cls(config, spec, merge_options=recipe.merge_options(), prior_config=recipe.merge.prior, seed=seed)
+    except (TypeError, ValueError) as err:
+        where = "schedule" if schedule is not None else f"recipe {recipe.path}: key 'merge'"
+        raise type(err)(f"{where}: {err}") from None
+    dtype = DTYPES[precision]
+    model = model.to(dtype).eval()
+    seq_limit = getattr(config, "max_positions", None)
+    if seq_len is not None and seq_limit is not None and seq_len > seq_limit:
+        raise ValueError(f"seq_len={seq_len} exceeds max_positions={seq_limit} of {recipe.name}")
+    shapes = _example_shapes(recipe, batch, seq_len, cls.dynamic_sequence)
+    gen = torch.Generator().manual_seed(seed)
+    example = tuple(t.to(dtype) if t.is_floating_point() else t for t in model.example_inputs(shapes, gen))
+
+    def tokens_per_layer(*inputs: torch.Tensor) -> list[int]:
+        with torch.no_grad():
+            return [int(t) for t in model(*inputs).tokens]
+
+    export_module = make_export_module(
+        model, cls.input_names, model.output_names(),
+        lambda out: (model.flat_outputs(out), out.merges),
+        debug_outputs=debug_outputs, n_merges=len(model.merge_layers),
+    ).eval()
+    return LoadedModel(
+        model=model,
+        export_module=export_module,
+        input_names=cls.input_names,
+        output_names=export_module.output_names,
+        example_inputs=example,
+        dynamic_shapes=_dynamic_shapes(recipe, shapes, seq_limit),
+        family=recipe.family,
+        recipe=recipe,
+        schedule=model.schedule,
+        tolerances=dict(recipe.tolerances),
+        merge_layers=model.merge_layers,
+        precision=precision,
+        export_defaults=recipe.export,
+        build_shapes=dict(recipe.build_shapes),
+        tokens_per_layer=tokens_per_layer,
+    )

@@ -23,7 +23,8 @@ OTHER_SHAPES = {  # a batch and (for text) a length the export was not traced wi
 def test_torch_export_with_dynamic_dims_matches_eager(name):
     loaded = load_source(name, debug_outputs=True)
     assert loaded.example_inputs[0].shape[0] == 2
-    program = torch.export.export(loaded.export_module, loaded.example_inputs, dynamic_shapes=loaded.dynamic_shapes)
+    assert loaded.trace_inputs is loaded.example_inputs
+    program = torch.export.export(loaded.export_module, loaded.trace_inputs, dynamic_shapes=loaded.dynamic_shapes)
     dims = {str(d) for spec in loaded.dynamic_shapes for d in spec.values()}
     assert len(program.range_constraints) == len(dims) == (2 if loaded.model.dynamic_sequence else 1)
     inputs = loaded.model.example_inputs(OTHER_SHAPES[name], torch.Generator().manual_seed(9))
@@ -43,6 +44,14 @@ def test_torch_export_with_dynamic_dims_matches_eager(name):
         assert seeds.shape[1] == (n + 1) // 2
 
 
+def test_a_batch_of_one_traces_with_two_rows_and_runs_at_one():
+    loaded = load_source("causal-lm-tiny", batch=1, seq_len=12)
+    assert loaded.example_inputs[0].shape == (1, 12) and loaded.trace_inputs[0].shape == (2, 12)
+    program = torch.export.export(loaded.export_module, loaded.trace_inputs, dynamic_shapes=loaded.dynamic_shapes)
+    got, want = program.module()(*loaded.example_inputs), loaded.run(*loaded.example_inputs)
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+
+
 def test_prior_is_part_of_the_exported_graph():
     loaded = load_source("encoder-tiny", schedule="1:0.5")
     model = loaded.model.with_schedule("1:0.5", {"prior_weight": 0.5})
@@ -50,7 +59,7 @@ def test_prior_is_part_of_the_exported_graph():
 
     module = make_export_module(model, model.input_names, model.output_names(),
                                 lambda out: (model.flat_outputs(out), out.merges))
-    program = torch.export.export(module, loaded.example_inputs, dynamic_shapes=loaded.dynamic_shapes)
+    program = torch.export.export(module, loaded.trace_inputs, dynamic_shapes=loaded.dynamic_shapes)
     assert any(".priors.1." in k for k in program.state_dict)
     ids = torch.randint(0, 1000, (2, 20), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
@@ -70,7 +79,7 @@ def _attach_functions():
 def test_onnx_export_has_the_qm_nodes_and_runs_in_onnxruntime():
     loaded = load_source("vit-tiny")
     program = torch.onnx.export(
-        loaded.export_module, loaded.example_inputs, dynamic_shapes=loaded.dynamic_shapes, dynamo=True,
+        loaded.export_module, loaded.trace_inputs, dynamic_shapes=loaded.dynamic_shapes, dynamo=True,
         input_names=list(loaded.input_names), output_names=list(loaded.output_names),
         opset_version=loaded.export_defaults.opset, verbose=False,
     )

@@ -107,7 +107,8 @@ def test_padding_content_and_batch_partners_do_not_matter(family):
         batched = model(torch.cat([a2, b]), torch.cat([m2, torch.ones_like(m2)]))
         b_alone = model(b, torch.ones_like(m2))
     if family == "encoder":
-        torch.testing.assert_close(batched["last_hidden_state"][:1, :10], alone["last_hidden_state"][:, :10], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batched["last_hidden_state"][:1, :10], alone["last_hidden_state"][:, :10],
+                                   atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(batched["last_hidden_state"][1:], b_alone["last_hidden_state"], atol=1e-5, rtol=1e-5)
     names = ["pooled"] if family == "encoder" else ["logits"]
     for name in names:

@@ -63,7 +63,10 @@ def check_text_inputs(
         if input_ids.shape[1] > max_positions:
             raise ValueError(f"input_ids has {input_ids.shape[1]} tokens, more than max_positions={max_positions}")
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
         empty = ~mask.any(1)
         if bool(empty.any()):
             raise ValueError(f"attention_mask row {int(empty.nonzero()[0, 0])} has no real token")

@@ -40,6 +40,9 @@ class LoadedModel:
             flat tuple in ``output_names`` order (debug outputs appended when asked for).
         input_names, output_names: graph input and output names.
         example_inputs: a tuple of seeded tensors (float inputs in the model's dtype).
+        trace_inputs: the inputs to trace an export with: ``example_inputs``, unless one of
+            their dynamic axes has size 1, which ``torch.export`` would specialise on; then
+            seeded inputs with every dynamic axis at least 2.
         dynamic_shapes: per input, ``{axis: torch.export.Dim}`` (batch always; the sequence
             length where the family allows it), for ``torch.export`` / ``torch.onnx.export``.
         family: family name; recipe: the :class:`Recipe` or None; schedule: the merges
@@ -56,6 +59,7 @@ class LoadedModel:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     example_inputs: tuple[torch.Tensor, ...]
+    trace_inputs: tuple[torch.Tensor, ...]
     dynamic_shapes: tuple[dict[int, Any], ...]
     family: str
     recipe: Recipe | None
@@ -178,6 +182,22 @@ def _example_shapes(recipe: Recipe, batch: int | None, seq_len: int | None, dyna
     return shapes
 
 
+def _make_inputs(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in model.example_inputs(shapes, gen))
+
+
+def _trace_shapes(recipe: Recipe, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """``shapes`` with every dynamic axis at least 2 (torch.export specialises sizes 0 and 1)."""
+    out = {}
+    for name, spec in recipe.inputs.items():
+        shape = list(shapes[name])
+        for axis in spec.dynamic.values():
+            shape[axis] = max(shape[axis], 2)
+        out[name] = tuple(shape)
+    return out
+
+
 def _dynamic_shapes(recipe: Recipe, shapes: Mapping[str, tuple[int, ...]], seq_limit: int | None) -> tuple[dict[int, Any], ...]:
     """One ``{axis: Dim}`` per input; a Dim's range covers the build profile and the example."""
     bounds: dict[str, list[int]] = {}
@@ -213,8 +233,9 @@ def recipe_source(
     if seq_len is not None and seq_limit is not None and seq_len > seq_limit:
         raise ValueError(f"seq_len={seq_len} exceeds max_positions={seq_limit} of {recipe.name}")
     shapes = _example_shapes(recipe, batch, seq_len, cls.dynamic_sequence)
-    gen = torch.Generator().manual_seed(seed)
-    example = tuple(t.to(dtype) if t.is_floating_point() else t for t in model.example_inputs(shapes, gen))
+    example = _make_inputs(model, shapes, seed, dtype)
+    trace_shapes = _trace_shapes(recipe, shapes)
+    trace = example if trace_shapes == shapes else _make_inputs(model, trace_shapes, seed, dtype)
 
     def tokens_per_layer(*inputs: torch.Tensor) -> list[int]:
         with torch.no_grad():
@@ -231,7 +252,8 @@ def recipe_source(
         input_names=cls.input_names,
         output_names=export_module.output_names,
         example_inputs=example,
-        dynamic_shapes=_dynamic_shapes(recipe, shapes, seq_limit),
+        trace_inputs=trace,
+        dynamic_shapes=_dynamic_shapes(recipe, trace_shapes, seq_limit),
         family=recipe.family,
         recipe=recipe,
         schedule=model.schedule,

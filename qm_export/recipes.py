@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-MERGE_IMPLS = ("plugin", "inlined")
+MERGE_IMPLS = ("plugin", "inline")
 INPUT_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
 _RECIPE_PACKAGE = "qm_export_recipes"
 _SECTIONS = {"model", "merge", "inputs", "export", "validation", "build"}
@@ -71,7 +71,7 @@ class Tolerance:
 
 @dataclass(frozen=True)
 class ExportDefaults:
-    """``opset``, ``precision`` (fp32/fp16/bf16) and ``merge_impl`` (plugin/inlined)."""
+    """``opset``, ``precision`` (fp32/fp16/bf16) and ``merge_impl`` (plugin/inline)."""
 
     opset: int = 20
     precision: str = "fp32"

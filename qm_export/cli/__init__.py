@@ -7,6 +7,7 @@ import click
 from .. import __version__
 from .build import build
 from .check import check
+from .convert import convert
 from .demo import demo
 from .models import models
 
@@ -25,6 +26,7 @@ def main() -> None:
 
 main.add_command(demo)
 main.add_command(models)
+main.add_command(convert)
 main.add_command(check)
 main.add_command(build)
 

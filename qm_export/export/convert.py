@@ -75,24 +75,17 @@ def _static_seq(dynamic_shapes: Any) -> Any:
 
 
 def declared_shapes(loaded: Any) -> list[tuple[int | None, int | None]]:
-    """``(batch, seq_len)`` pairs to verify: the traced example and the recipe's profile
-    min/opt/max (each distinct once)."""
-    shapes: list[tuple[int | None, int | None]] = [(None, None)]
-    profile = getattr(loaded, "profile_shapes", None)
-    if callable(profile):
-        for pair in profile():
-            if pair not in shapes:
-                shapes.append(pair)
-    return shapes
+    """``(batch, seq_len)`` pairs to verify: the example and the build profile's min/opt/max."""
+    return list(getattr(loaded, "declared_shapes", ((None, None),)))
 
 
 def _profile_metadata(loaded: Any) -> dict[str, str]:
     recipe = getattr(loaded, "recipe", None)
-    raw = getattr(recipe, "raw", None) or {}
-    shapes = raw.get("build", {}).get("shapes")
+    shapes = getattr(loaded, "build_shapes", None) or {}
     meta = {}
     if shapes:
-        meta["qm_export.profile"] = metadata_json(shapes)
+        meta["qm_export.profile"] = metadata_json(
+            {name: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for name, p in shapes.items()})
     if recipe is not None:
         meta["qm_export.recipe"] = str(getattr(recipe, "name", ""))
     return meta
@@ -117,8 +110,9 @@ def _print_verify(console: Any, verify: VerifyReport) -> None:
     from rich.table import Table
 
     table = Table(title="parity vs torch eval")
-    for col in ("runtime", "inputs", "seed flips (near-tie)", "assign flips (near-tie)", "bugs", "worst output", "max abs", "cosine", "ok"):
-        table.add_column(col)
+    for col in ("runtime", "input shape", "seed flips\n(near-tie)", "assign flips\n(near-tie)", "bugs",
+                "max |diff|", "tol", "ok"):
+        table.add_column(col, overflow="fold")
     for r in verify.results:
         seeds = sum(layer.seed_flip_rows for layer in r.layers)
         seed_nt = sum(layer.seed_near_ties for layer in r.layers)
@@ -126,12 +120,11 @@ def _print_verify(console: Any, verify: VerifyReport) -> None:
         assign_nt = sum(layer.assign_near_ties for layer in r.layers)
         worst = max(r.outputs, key=lambda o: o.max_abs / max(o.atol, 1e-12), default=None)
         table.add_row(
-            r.backend,
-            " ".join(f"{k}{v}" for k, v in r.inputs.items()),
+            r.backend.replace("onnx-reference", "onnx.reference"),
+            "x".join(map(str, next(iter(r.inputs.values())))),
             f"{seeds} ({seed_nt})", f"{assigns} ({assign_nt})", str(r.bugs),
-            worst.name if worst else "-",
-            f"{worst.max_abs:.2e} (tol {worst.atol:.0e})" if worst else "-",
-            f"{worst.cosine:.6f}" if worst else "-",
+            f"{worst.max_abs:.1e} {worst.name}" if worst else "-",
+            f"{worst.atol:.0e}" if worst else "-",
             "[green]yes[/]" if r.ok else "[red]NO[/]",
         )
     console.print(table)
@@ -164,7 +157,7 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
         "qm_export.precision": precision,
         "qm_export.schedule": "none" if options.no_merge else loaded.schedule.describe(),
         "qm_export.merge_layers": metadata_json(list(loaded.merge_layers)),
-        "qm_export.tolerances": metadata_json(loaded.tolerances),
+        "qm_export.tolerances": metadata_json({k: vars(v) for k, v in loaded.tolerances.items()}),
         **_profile_metadata(loaded),
     }
     with console.status(f"exporting to ONNX (opset {options.opset}, {options.merge_impl})"):
@@ -175,13 +168,13 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
     report = ConvertReport(
         source=options.source, family=loaded.family, precision=precision, export=exported.summary(),
         merge_layers=list(loaded.merge_layers),
-        tokens_per_layer=list(loaded.tokens_per_layer(loaded.example_inputs)),
+        tokens_per_layer=list(loaded.tokens_per_layer(*loaded.example_inputs)),
         schedule=metadata["qm_export.schedule"],
     )
     _print_export(console, report, exported)
     try:
         if options.verify:
-            tol = loaded.tolerances.get(precision, loaded.tolerances.get("fp32", {"atol": 1e-4}))
+            tol = loaded.tolerance
             use_ref = options.use_reference
             if use_ref is None:
                 use_ref = sum(p.numel() for p in loaded.model.parameters()) <= TINY_REFERENCE_LIMIT
@@ -192,7 +185,7 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
             with console.status("checking parity (torch vs ONNX Runtime)") as status:
                 report.verify = verify_export(
                     loaded, exported, input_sets, runners,
-                    atol=float(tol.get("atol", 1e-4)), rtol=float(tol.get("rtol", 0.0)),
+                    atol=float(tol.max_abs), rtol=float(tol.max_rel or 0.0),
                     progress=lambda msg: status.update(f"checking parity: {msg}"),
                 )
             _print_verify(console, report.verify)

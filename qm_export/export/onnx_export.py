@@ -133,7 +133,7 @@ def trace_to_ir(loaded: Any, opset: int) -> ir.Model:
     with _quiet_exporter():
         program = torch.onnx.export(
             loaded.export_module,
-            tuple(loaded.example_inputs),
+            tuple(getattr(loaded, "trace_inputs", loaded.example_inputs)),
             dynamo=True,
             dynamic_shapes=loaded.dynamic_shapes,
             input_names=list(loaded.input_names),

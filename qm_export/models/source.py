@@ -52,6 +52,10 @@ class LoadedModel:
         build_shapes: input -> TensorRT :class:`ShapeProfile` (min/opt/max).
         tokens_per_layer: ``tokens_per_layer(*inputs) -> list[int]``: tokens entering each
             layer, then the number leaving the last layer (``depth + 1`` entries).
+        sample_inputs: ``sample_inputs(batch=None, seq_len=None, seed=0)``: seeded inputs of
+            another shape (None keeps the example's size on that axis).
+        declared_shapes: ``(batch, seq_len)`` pairs that validation runs: the example's and the
+            build profile's min/opt/max (``seq_len`` None where the family fixes it).
     """
 
     model: nn.Module
@@ -70,6 +74,8 @@ class LoadedModel:
     export_defaults: ExportDefaults
     build_shapes: Mapping[str, ShapeProfile]
     tokens_per_layer: Callable[..., list[int]]
+    sample_inputs: Callable[..., tuple[torch.Tensor, ...]]
+    declared_shapes: tuple[tuple[int | None, int | None], ...] = ((None, None),)
 
     @property
     def tolerance(self) -> Tolerance:
@@ -122,7 +128,7 @@ def load_source(
     *,
     schedule: Any = None,
     no_merge: bool = False,
-    precision: str = "fp32",
+    precision: str | None = None,
     batch: int | None = None,
     seq_len: int | None = None,
     debug_outputs: bool = False,
@@ -136,7 +142,8 @@ def load_source(
         schedule: overrides the recipe's merge schedule (any form ``parse_schedule`` takes).
         no_merge: the same model and weights without merge layers (the baseline).
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``: the model is cast before export
-            (selection maths stay float32 inside quickmerge).
+            (selection maths stay float32 inside quickmerge); None: the recipe's export
+            precision (fp32 for other sources).
         batch, seq_len: example input batch size / sequence length (default: the recipe's).
         debug_outputs: append every merge's ``assign`` and ``seeds`` to the outputs.
         seed: seed of the random init and of the example inputs.
@@ -146,7 +153,7 @@ def load_source(
     """
     if not isinstance(source, (str, Path)):
         raise TypeError(f"source must be a recipe name or a path, got {type(source).__name__}")
-    if precision not in PRECISIONS:
+    if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     _check_int("batch", batch)
     _check_int("seq_len", seq_len)
@@ -160,6 +167,7 @@ def load_source(
         if predicate(source):
             return loader(source, **options)
     if _is_hf_directory(source):
+        options["precision"] = precision or "fp32"
         return _load_hf(source, **options)
     if Path(source).is_dir():
         raise ValueError(f"source {str(source)!r} is a directory without a config.json: neither a Hugging Face "
@@ -214,8 +222,26 @@ def _dynamic_shapes(recipe: Recipe, shapes: Mapping[str, tuple[int, ...]], seq_l
     return tuple({axis: dims[n] for n, axis in spec.dynamic.items()} for spec in recipe.inputs.values())
 
 
+def _declared_shapes(recipe: Recipe, shapes: Mapping[str, tuple[int, ...]], seq_limit: int | None,
+                     dynamic_sequence: bool) -> tuple[tuple[int | None, int | None], ...]:
+    """The example's shape, then the build profile's min/opt/max, as ``(batch, seq_len)``."""
+    name, spec = next(iter(recipe.inputs.items()))
+    profile = recipe.build_shapes[name]
+    b_axis, s_axis = spec.dynamic["batch"], spec.dynamic.get("sequence")
+    out: list[tuple[int | None, int | None]] = [(None, None)]
+    for dims in (profile.min, profile.opt, profile.max):
+        seq = dims[s_axis] if (s_axis is not None and dynamic_sequence) else None
+        if seq is not None and seq_limit is not None:
+            seq = min(seq, seq_limit)
+        pair = (dims[b_axis], seq)
+        same_as_example = dims[b_axis] == shapes[name][b_axis] and (seq is None or seq == shapes[name][s_axis])
+        if pair not in out and not same_as_example:
+            out.append(pair)
+    return tuple(out)
+
+
 def recipe_source(
-    recipe: Recipe, *, schedule: Any = None, no_merge: bool = False, precision: str = "fp32",
+    recipe: Recipe, *, schedule: Any = None, no_merge: bool = False, precision: str | None = None,
     batch: int | None = None, seq_len: int | None = None, debug_outputs: bool = False, seed: int = 0,
 ) -> LoadedModel:
     """Build the :class:`LoadedModel` of a recipe (see :func:`load_source` for the options)."""
@@ -227,6 +253,7 @@ def recipe_source(
     except (TypeError, ValueError) as err:
         where = "schedule" if schedule is not None else f"recipe {recipe.path}: key 'merge'"
         raise type(err)(f"{where}: {err}") from None
+    precision = precision or recipe.export.precision
     dtype = DTYPES[precision]
     model = model.to(dtype).eval()
     seq_limit = getattr(config, "max_positions", None)
@@ -263,4 +290,7 @@ def recipe_source(
         export_defaults=recipe.export,
         build_shapes=dict(recipe.build_shapes),
         tokens_per_layer=tokens_per_layer,
+        sample_inputs=lambda batch=None, seq_len=None, seed=seed: _make_inputs(
+            model, _example_shapes(recipe, batch, seq_len, cls.dynamic_sequence), seed, dtype),
+        declared_shapes=_declared_shapes(recipe, shapes, seq_limit, cls.dynamic_sequence),
     )

@@ -172,3 +172,28 @@ def test_nan_at_padding_is_accepted() -> None:
     positions = torch.tensor([[0, 1, -9, 3, 4, 5], [0, 1, 2, 3, 4, -1]])
     merged, _ = quickmerge(x, mask=mask, sizes=sizes, attn=attn, positions=positions, mode="causal", keep=3)
     assert torch.isfinite(merged).all()
+
+
+def test_huge_finite_values_are_accepted() -> None:
+    # Finite float32 values whose row sums overflow are legal: only NaN/Inf are rejected.
+    x = _x()
+    x[0, 1] = 3e38
+    attn = _attn()
+    attn[1, :, 2, :] = 3e38
+    merged, _ = quickmerge(x, attn=attn, keep=3)
+    assert merged.shape == (B, 3, D)
+    attn[1, 0, 2, 5] = float("inf")  # ... but one Inf among them still is
+    with pytest.raises(ValueError, match=r"attn\[0\].*batch 1, index 2"):
+        quickmerge(x, attn=attn, keep=3)
+
+
+def test_float64_beyond_float32_range_is_rejected() -> None:
+    # Selection runs in float32 (spec §2): 1e300 is Inf there. It must be a clear ValueError,
+    # not a silently wrong result or an index error deep in the merge.
+    metric = torch.randn(B, N, 3, dtype=torch.float64)
+    metric[0, 3, 1] = 1e300
+    with pytest.raises(ValueError, match=r"metric.*batch 0, index 3"):
+        quickmerge(_x(), metric=metric, keep=3)
+    metric[0, 3, 1] = NAN
+    with pytest.raises(ValueError, match=r"metric.*batch 0, index 3"):
+        quickmerge(_x(), metric=metric, keep=3)

@@ -67,12 +67,14 @@ def _first_bad(bad: torch.Tensor) -> tuple[int, ...]:
 
 
 def _check_finite_rows(name: str, t: torch.Tensor, real_rows: torch.Tensor) -> None:
-    """``t`` ``(B, N, ...)``: every real row must be finite."""
+    """``t`` ``(B, N, ...)``: every real row must be finite in float32, the precision the merge
+    computes in (spec §2 "Precision"): a float64 value beyond float32's range counts as Inf."""
+    t = t.float()
     finite = torch.isfinite(t).flatten(2).all(-1) if t.dim() > 2 else torch.isfinite(t)
     bad = real_rows & ~finite
     if bool(bad.any()):
         b, i = _first_bad(bad)
-        raise ValueError(f"{name} has NaN or Inf at real token (batch {b}, index {i})")
+        raise ValueError(f"{name} has NaN or Inf (in float32) at real token (batch {b}, index {i})")
 
 
 def check_inputs(
@@ -198,7 +200,7 @@ def _check_values(
             _check_finite_rows(f"scales[{i}]", s, mask)
     if attn is not None:
         for i, a in enumerate(attn):
-            rows = torch.isfinite(a).all(-1).all(1)  # (B, N) query rows over all heads
+            rows = torch.isfinite(a.float()).all(-1).all(1)  # (B, N) query rows over all heads
             bad = mask & ~rows
             if bool(bad.any()):
                 b, q = _first_bad(bad)

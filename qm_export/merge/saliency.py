@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from .indexing import stable_partition
+from .indexing import may_overwrite, stable_partition
 
 __all__ = [
     "attention_entropy",
@@ -33,6 +33,8 @@ _NORM_FLOOR = 1e-6
 
 def row_entropy(p: torch.Tensor) -> torch.Tensor:
     """``H = -sum_j p_j log(max(p_j, 1e-12))`` over the last axis; ``(..., M) -> (...)``."""
+    if may_overwrite(p):  # same arithmetic, two fewer (B, N', N) temporaries
+        return -p.clamp_min(_ENTROPY_FLOOR).log_().mul_(p).sum(-1)
     return -(p * torch.log(p.clamp_min(_ENTROPY_FLOOR))).sum(-1)
 
 
@@ -71,8 +73,12 @@ def self_similarity_entropy(
     """
     f = features[:, protect:, :].float()
     f = torch.where(real.unsqueeze(-1), normalise(f), torch.zeros((), device=f.device))
-    logits = torch.matmul(f, f.transpose(1, 2)) / sim_temp
-    logits = torch.where(real.unsqueeze(1), logits, torch.tensor(float("-inf"), device=f.device))
+    logits = torch.matmul(f, f.transpose(1, 2))
+    if may_overwrite():  # autograd needs neither value: in place on the (B, N', N') product
+        logits = logits.div_(sim_temp).masked_fill_(~real.unsqueeze(1), float("-inf"))
+    else:
+        logits = logits / sim_temp
+        logits = torch.where(real.unsqueeze(1), logits, torch.tensor(float("-inf"), device=f.device))
     return row_entropy(torch.softmax(logits, dim=-1))
 
 

@@ -103,7 +103,7 @@ def quickmerge(
     real = inputs.mask[:, p:]
 
     s, entropy_range = saliency(
-        real, p, attn=inputs.attn, scales=inputs.scales, sim_temp=cfg.sim_temp,
+        real, p, attn=inputs.attn, scales=inputs.scales, attn_rows=inputs.attn_rows, sim_temp=cfg.sim_temp,
         high_entropy_salient=cfg.high_entropy_salient, prior=prior,
         prior_weight=cfg.prior_weight, tokens=x[:, p:], positions=inputs.positions[:, p:],
     )

@@ -15,6 +15,7 @@ from .indexing import may_overwrite, stable_partition
 
 __all__ = [
     "attention_entropy",
+    "attention_rows",
     "self_similarity_entropy",
     "row_entropy",
     "minmax_real",
@@ -43,6 +44,11 @@ def normalise(f: torch.Tensor) -> torch.Tensor:
     return f / torch.linalg.vector_norm(f, dim=-1, keepdim=True).clamp_min(_NORM_FLOOR)
 
 
+def attention_rows(attn: torch.Tensor, protect: int) -> torch.Tensor:
+    """Head-averaged attention rows of the mergeable queries, ``(B, H, N, N) -> (B, N', N)`` float32."""
+    return torch.mean(attn[:, :, protect:, :], dim=1, dtype=torch.float32)
+
+
 def attention_entropy(attn: torch.Tensor, protect: int) -> torch.Tensor:
     """Entropy of the head-averaged attention rows of the mergeable queries.
 
@@ -53,8 +59,7 @@ def attention_entropy(attn: torch.Tensor, protect: int) -> torch.Tensor:
     Returns:
         ``(B, N')`` float32 (padded query rows hold values that must not be read).
     """
-    rows = torch.mean(attn[:, :, protect:, :], dim=1, dtype=torch.float32)
-    return row_entropy(rows)
+    return row_entropy(attention_rows(attn, protect))
 
 
 def self_similarity_entropy(
@@ -144,6 +149,7 @@ def saliency(
     *,
     attn: list[torch.Tensor] | None,
     scales: list[torch.Tensor],
+    attn_rows: list[torch.Tensor] | None = None,
     sim_temp: float,
     high_entropy_salient: bool,
     prior: PriorFn | None = None,
@@ -158,6 +164,8 @@ def saliency(
         protect: ``P``.
         attn: host attention ``(B, H, N, N)`` per scale, or None to use ``scales``.
         scales: hidden states ``(B, N, D_l)`` per scale (self-similarity entropy).
+        attn_rows: ``attention_rows`` of each ``attn`` when already computed (input checks
+            compute them, so the attention is read once); None computes them here.
         sim_temp, high_entropy_salient: see :class:`QuickMergeConfig`.
         prior, prior_weight, tokens, positions: optional prior guidance over ``tokens``
             ``(B, N', D)`` with position ids ``(B, N')``.
@@ -166,7 +174,9 @@ def saliency(
         ``s`` ``(B, N')`` float32 in ``[0, 1]`` for real tokens, ``-1`` for padding, and the
         smallest entropy range over scales per row ``(B,)`` (degenerate rows: below ``1e-3``).
     """
-    if attn is not None:
+    if attn_rows is not None:
+        entropies = [row_entropy(rows) for rows in attn_rows]
+    elif attn is not None:
         entropies = [attention_entropy(a, protect) for a in attn]
     else:
         entropies = [self_similarity_entropy(f, real, protect, sim_temp) for f in scales]

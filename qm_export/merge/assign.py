@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import ops
-from .indexing import batch_gather, first_argmax
+from .indexing import batch_gather, first_argmax, may_overwrite
 from .saliency import normalise
 
 __all__ = ["eligibility", "assign_to_seeds", "refine"]
@@ -42,6 +42,9 @@ def eligibility(
 
 
 def _best_eligible(sim: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    """``sim`` is a fresh similarity product; autograd needs none of its values."""
+    if may_overwrite():
+        return first_argmax(sim.masked_fill_(~eligible, float("-inf")))
     neg = torch.tensor(float("-inf"), device=sim.device, dtype=sim.dtype)
     return first_argmax(torch.where(eligible, sim, neg))
 

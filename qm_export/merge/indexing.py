@@ -10,7 +10,19 @@ import torch
 
 from .ops import is_exporting
 
-__all__ = ["stable_partition", "stable_rank_descending", "first_argmax", "batch_gather"]
+__all__ = ["stable_partition", "stable_rank_descending", "first_argmax", "batch_gather", "may_overwrite"]
+
+
+def may_overwrite(*tensors: torch.Tensor) -> bool:
+    """Whether eager code may compute in place on temporaries derived from ``tensors``.
+
+    True outside export tracing (export graphs keep their plain functional form) when autograd
+    records nothing for ``tensors``. In-place steps compute the same values with fewer large
+    allocations, which on CPU cost as much as the arithmetic.
+    """
+    if is_exporting():
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def stable_partition(flag: torch.Tensor) -> torch.Tensor:
@@ -56,9 +68,12 @@ def stable_rank_descending(score: torch.Tensor) -> torch.Tensor:
 def first_argmax(values: torch.Tensor) -> torch.Tensor:
     """Index of the largest entry along the last axis, the lowest index among equal maxima.
 
-    Written as ``min{j : v_j == max v}`` so that every runtime breaks ties the same way.
-    ``(..., K) -> (...)`` int64.
+    Exported as ``min{j : v_j == max v}`` so that every runtime breaks ties the same way;
+    eager mode uses ``torch.argmax``, documented to return the first maximal index (the same
+    result for NaN-free values, in one pass instead of five). ``(..., K) -> (...)`` int64.
     """
+    if not is_exporting():
+        return torch.argmax(values, dim=-1)
     k = values.shape[-1]
     vmax = values.amax(-1, keepdim=True)
     idx = torch.arange(k, device=values.device)

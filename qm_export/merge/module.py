@@ -29,7 +29,9 @@ class QuickMerge(nn.Module):
         self, config: QuickMergeConfig | None = None, prior: nn.Module | None = None, **overrides: Any
     ) -> None:
         super().__init__()
-        cfg = config or QuickMergeConfig()
+        cfg = QuickMergeConfig() if config is None else config
+        if not isinstance(cfg, QuickMergeConfig):
+            raise TypeError(f"config must be a QuickMergeConfig, got {type(cfg).__name__}: {cfg!r}")
         self.config = cfg.replace(**overrides) if overrides else cfg
         self.prior = prior
 

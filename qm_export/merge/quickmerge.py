@@ -82,9 +82,11 @@ def quickmerge(
     Returns:
         ``(merged, info)``, see :class:`MergeInfo`.
     """
-    cfg = (config or QuickMergeConfig()).replace(**overrides) if overrides else (config or QuickMergeConfig())
+    cfg = QuickMergeConfig() if config is None else config
     if not isinstance(cfg, QuickMergeConfig):
-        raise TypeError(f"config must be a QuickMergeConfig, got {type(cfg).__name__}")
+        raise TypeError(f"config must be a QuickMergeConfig, got {type(cfg).__name__}: {cfg!r}")
+    if overrides:
+        cfg = cfg.replace(**overrides)
     if cfg.prior_weight > 0 and prior is None:
         raise ValueError(f"prior_weight={cfg.prior_weight} needs a prior (prior=None)")
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -101,7 +103,7 @@ def quickmerge(
     real = inputs.mask[:, p:]
 
     s, entropy_range = saliency(
-        real, p, attn=inputs.attn, scales=inputs.scales, sim_temp=cfg.sim_temp,
+        real, p, attn=inputs.attn, scales=inputs.scales, attn_rows=inputs.attn_rows, sim_temp=cfg.sim_temp,
         high_entropy_salient=cfg.high_entropy_salient, prior=prior,
         prior_weight=cfg.prior_weight, tokens=x[:, p:], positions=inputs.positions[:, p:],
     )

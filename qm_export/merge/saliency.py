@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 import torch
 
-from .indexing import stable_partition
+from .indexing import may_overwrite, stable_partition
 
 __all__ = [
     "attention_entropy",
+    "attention_rows",
     "self_similarity_entropy",
     "row_entropy",
     "minmax_real",
@@ -33,12 +34,19 @@ _NORM_FLOOR = 1e-6
 
 def row_entropy(p: torch.Tensor) -> torch.Tensor:
     """``H = -sum_j p_j log(max(p_j, 1e-12))`` over the last axis; ``(..., M) -> (...)``."""
+    if may_overwrite(p):  # same arithmetic, two fewer (B, N', N) temporaries
+        return -p.clamp_min(_ENTROPY_FLOOR).log_().mul_(p).sum(-1)
     return -(p * torch.log(p.clamp_min(_ENTROPY_FLOOR))).sum(-1)
 
 
 def normalise(f: torch.Tensor) -> torch.Tensor:
     """``f / max(||f||, 1e-6)`` over the last axis."""
     return f / torch.linalg.vector_norm(f, dim=-1, keepdim=True).clamp_min(_NORM_FLOOR)
+
+
+def attention_rows(attn: torch.Tensor, protect: int) -> torch.Tensor:
+    """Head-averaged attention rows of the mergeable queries, ``(B, H, N, N) -> (B, N', N)`` float32."""
+    return torch.mean(attn[:, :, protect:, :], dim=1, dtype=torch.float32)
 
 
 def attention_entropy(attn: torch.Tensor, protect: int) -> torch.Tensor:
@@ -51,8 +59,7 @@ def attention_entropy(attn: torch.Tensor, protect: int) -> torch.Tensor:
     Returns:
         ``(B, N')`` float32 (padded query rows hold values that must not be read).
     """
-    rows = torch.mean(attn[:, :, protect:, :], dim=1, dtype=torch.float32)
-    return row_entropy(rows)
+    return row_entropy(attention_rows(attn, protect))
 
 
 def self_similarity_entropy(
@@ -71,8 +78,12 @@ def self_similarity_entropy(
     """
     f = features[:, protect:, :].float()
     f = torch.where(real.unsqueeze(-1), normalise(f), torch.zeros((), device=f.device))
-    logits = torch.matmul(f, f.transpose(1, 2)) / sim_temp
-    logits = torch.where(real.unsqueeze(1), logits, torch.tensor(float("-inf"), device=f.device))
+    logits = torch.matmul(f, f.transpose(1, 2))
+    if may_overwrite():  # autograd needs neither value: in place on the (B, N', N') product
+        logits = logits.div_(sim_temp).masked_fill_(~real.unsqueeze(1), float("-inf"))
+    else:
+        logits = logits / sim_temp
+        logits = torch.where(real.unsqueeze(1), logits, torch.tensor(float("-inf"), device=f.device))
     return row_entropy(torch.softmax(logits, dim=-1))
 
 
@@ -138,6 +149,7 @@ def saliency(
     *,
     attn: list[torch.Tensor] | None,
     scales: list[torch.Tensor],
+    attn_rows: list[torch.Tensor] | None = None,
     sim_temp: float,
     high_entropy_salient: bool,
     prior: PriorFn | None = None,
@@ -152,6 +164,8 @@ def saliency(
         protect: ``P``.
         attn: host attention ``(B, H, N, N)`` per scale, or None to use ``scales``.
         scales: hidden states ``(B, N, D_l)`` per scale (self-similarity entropy).
+        attn_rows: ``attention_rows`` of each ``attn`` when already computed (input checks
+            compute them, so the attention is read once); None computes them here.
         sim_temp, high_entropy_salient: see :class:`QuickMergeConfig`.
         prior, prior_weight, tokens, positions: optional prior guidance over ``tokens``
             ``(B, N', D)`` with position ids ``(B, N')``.
@@ -160,7 +174,9 @@ def saliency(
         ``s`` ``(B, N')`` float32 in ``[0, 1]`` for real tokens, ``-1`` for padding, and the
         smallest entropy range over scales per row ``(B,)`` (degenerate rows: below ``1e-3``).
     """
-    if attn is not None:
+    if attn_rows is not None:
+        entropies = [row_entropy(rows) for rows in attn_rows]
+    elif attn is not None:
         entropies = [attention_entropy(a, protect) for a in attn]
     else:
         entropies = [self_similarity_entropy(f, real, protect, sim_temp) for f in scales]

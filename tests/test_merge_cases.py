@@ -380,12 +380,6 @@ def test_unmerge_of_merge_gives_group_tokens() -> None:
         assert torch.equal(back[0, i], merged[0, j])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spec §3 says mu_j = normalise(sum m_i g_i) (1e-6 floor on the SUM), §6 says the centroids "
-    "are a TokenMerge (the weighted MEAN) of g_hat; the code follows §6. The floor makes them differ "
-    "when ||sum|| < 1e-6 <= ||mean||. Reported to the lead; the spec text needs one reading.",
-)
 def test_refinement_centroid_floor_on_the_sum() -> None:
     # Causal, tokens [t, S2, M, S1]; rows log4, 0, log2, log2 -> s = [0, 1, .5, .5].
     # Ranked S2, M, S1 (M before S1 on the tie); causal forces S1 (last) in place of M:

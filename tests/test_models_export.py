@@ -85,7 +85,8 @@ def test_onnx_export_has_the_qm_nodes_and_runs_in_onnxruntime():
     )
     proto = program.model_proto
     qm = [n for n in proto.graph.node if n.domain == "qm"]
-    assert Counter(n.op_type for n in qm) == {"TokenGroupIndex": 1, "TokenMerge": 1}
+    # One merge: one grouping, one TokenMerge of the tokens and one of their sizes.
+    assert Counter(n.op_type for n in qm) == {"TokenGroupIndex": 1, "TokenMerge": 2}
     for node in qm:
         assert {a.name: a.s.decode() for a in node.attribute} == {"plugin_namespace": "qm", "plugin_version": "1"}
     assert [i.name for i in proto.graph.input] == ["pixel_values"]

@@ -126,6 +126,6 @@ def test_registered_loaders_take_their_sources(monkeypatch):
     register_source_loader(lambda s: str(s).startswith("zoo:"), loader)
     loaded = load_source("zoo:my-vit", batch=3)
     assert isinstance(loaded, LoadedModel) and loaded.example_inputs[0].shape[0] == 3
-    assert seen["source"] == "zoo:my-vit" and seen["batch"] == 3 and seen["precision"] == "fp32"
+    assert seen["source"] == "zoo:my-vit" and seen["batch"] == 3 and seen["precision"] is None  # None: the source's default
     with pytest.raises(TypeError, match="two callables"):
         register_source_loader("zoo:", loader)  # type: ignore[arg-type]

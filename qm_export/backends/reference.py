@@ -30,9 +30,13 @@ class ReferenceRunner:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         import onnx
+        import onnx.inliner
         from onnx.reference import ReferenceEvaluator
 
         model = onnx.load(os.fspath(path))
+        # Local functions run in nested evaluators that would not see ``new_ops``: inline them
+        # (the same ops, so the same semantics).
+        model = onnx.inliner.inline_local_functions(model)
         self.evaluator = ReferenceEvaluator(model, new_ops=[_gather_elements_op()])
         self.input_names = [i.name for i in model.graph.input]
         self.output_names = [o.name for o in model.graph.output]

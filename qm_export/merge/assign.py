@@ -95,8 +95,9 @@ def refine(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``iters`` rounds of: mass-weighted centroids, then re-assign by ``g_hat . mu``.
 
-    Centroids are a ``TokenMerge`` of ``g_hat`` with weights ``m`` over the current grouping,
-    normalised (1e-6 floor). Seeds stay in their own group.
+    Centroids ``normalise(sum_i m_i g_hat_i)`` (1e-6 floor on the sum, spec §3) are computed as
+    a ``TokenMerge`` of ``g_hat`` with weights ``m`` (the mean, spec §6) times the group's mass.
+    Seeds stay in their own group.
 
     Returns:
         the refined ``assign'`` ``(B, N')`` int64 and the last round's centroids ``(B, K, Dm)``.
@@ -107,7 +108,9 @@ def refine(
     mu = batch_gather(g_hat, seeds)
     for _ in range(iters):
         order, offsets = ops.group_index(assign, seeds)
-        mu = normalise(ops.merge(g_hat, m, order, offsets))
+        # mu_j = normalise(sum_i m_i g_i) (spec §3): the TokenMerge mean times the group's mass.
+        mass = ops.group_sum(m, real, order, offsets)
+        mu = normalise(ops.merge(g_hat, m, order, offsets) * mass.unsqueeze(-1))
         sim = torch.matmul(g_hat, mu.transpose(1, 2))  # (B, N', K)
         assign = _best_eligible(sim, elig)
         own = torch.arange(seeds.shape[1], device=seeds.device).unsqueeze(0).expand_as(seeds)

@@ -24,7 +24,7 @@ from .ops_reference import (
     token_unmerge_reference,
 )
 
-__all__ = ["PLUGIN_ATTRS", "group_index", "merge", "unmerge", "is_exporting"]
+__all__ = ["PLUGIN_ATTRS", "group_index", "group_sum", "merge", "unmerge", "is_exporting"]
 
 #: The only attributes a ``qm`` node carries.
 PLUGIN_ATTRS = {"plugin_namespace": "qm", "plugin_version": "1"}
@@ -120,3 +120,23 @@ def unmerge(y: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
     if _use_kernels(y):
         return torch.ops.qm.token_unmerge(y, assign)
     return token_unmerge_reference(y, assign)
+
+
+def group_sum(
+    values: torch.Tensor, real: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor
+) -> torch.Tensor:
+    """Sum of ``values`` ``(B, N')`` over each group's real members; ``(B, K)`` float32.
+
+    Computed as (mean of the real members, a ``TokenMerge`` with weight 1 per real member)
+    x (their count, an exact integer prefix-sum difference), so that no float prefix sum over
+    the whole row loses precision at large ``N'``; a one-token group gets its value back
+    exactly, a group of padding only gets 0. Padded values are never read.
+    """
+    ones = torch.where(real, torch.ones((), device=values.device), torch.zeros((), device=values.device))
+    mean = merge(values.float().unsqueeze(-1), ones, order, offsets).squeeze(-1)
+    real_sorted = torch.gather(real.to(torch.int32), 1, order.long())
+    csum = torch.cumsum(real_sorted, 1, dtype=torch.int32)
+    csum = torch.cat([torch.zeros_like(csum[:, :1]), csum], 1)
+    off = offsets.long()
+    count = torch.gather(csum, 1, off[:, 1:]) - torch.gather(csum, 1, off[:, :-1])
+    return mean * count.float()

@@ -126,7 +126,7 @@ def quickmerge(
     sizes_m = inputs.sizes[:, p:]
     weight = torch.where(real, m * sizes_m, torch.zeros_like(m))
     merged = ops.merge(x[:, p:], weight, order, offsets)
-    out_sizes = group_sizes(sizes_m, real, order, offsets)
+    out_sizes = ops.group_sum(sizes_m, real, order, offsets)
 
     batch = x.shape[0]
     protected_idx = torch.arange(p, device=x.device).unsqueeze(0).expand(batch, p)
@@ -175,26 +175,6 @@ def _record(
                 real=real,
             )
         )
-
-
-def group_sizes(
-    sizes: torch.Tensor, real: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor
-) -> torch.Tensor:
-    """Sum of ``sizes`` ``(B, N')`` over each group's real members; ``(B, K)`` float32.
-
-    Computed as (mean size of the real members, a ``TokenMerge`` with weight 1 per real
-    member) x (their count, an exact integer prefix-sum difference), so that no float prefix
-    sum over the whole row loses precision at large ``N'``; a one-token group gets its size
-    back exactly, a group of padding only gets 0.
-    """
-    ones = torch.where(real, torch.ones_like(sizes), torch.zeros_like(sizes))
-    mean = ops.merge(sizes.unsqueeze(-1), ones, order, offsets).squeeze(-1)
-    real_sorted = torch.gather(real.to(torch.int32), 1, order.long())
-    csum = torch.cumsum(real_sorted, 1, dtype=torch.int32)
-    csum = torch.cat([torch.zeros_like(csum[:, :1]), csum], 1)
-    off = offsets.long()
-    count = torch.gather(csum, 1, off[:, 1:]) - torch.gather(csum, 1, off[:, :-1])
-    return mean * count.float()
 
 
 def unmerge(y: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:

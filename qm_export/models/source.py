@@ -92,6 +92,7 @@ def register_source_loader(predicate: Callable[[Any], bool], loader: Callable[..
     """Let ``load_source`` hand sources for which ``predicate(source)`` is true to ``loader``.
 
     ``loader(source, *, schedule, no_merge, precision, batch, seq_len, debug_outputs, seed)``
+    (``precision`` None: the source's own default)
     must return a :class:`LoadedModel`. Later registrations are tried first.
     """
     if not callable(predicate) or not callable(loader):

@@ -22,7 +22,8 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 @click.option("--batch", type=click.IntRange(min=1), help="Batch of the traced example input (the batch axis is always dynamic).")
 @click.option("--seq-len", type=click.IntRange(min=2), help="Sequence length of the traced example (text families).")
 @click.option("--static-seq", is_flag=True, help="Fix the sequence length instead of making it a dynamic axis.")
-@click.option("--opset", type=click.IntRange(18, 23), default=20, show_default=True, help="Default-domain opset.")
+@click.option("--opset", type=click.IntRange(18, 23), default=None,
+              help="Default-domain opset [default: the recipe's (20); 22 for bf16, the first with bfloat16 Conv].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Cast the model before export [default: the recipe's, else fp32].")
 @click.option("--merge-impl", type=click.Choice(["plugin", "inline"]), default="plugin", show_default=True,
@@ -36,7 +37,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights (recipes) and inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report on stdout.")
 def convert(source: str, output: Path, merge_spec: str | None, batch: int | None, seq_len: int | None,
-            static_seq: bool, opset: int, precision: str | None, merge_impl: str, debug_outputs: bool,
+            static_seq: bool, opset: int | None, precision: str | None, merge_impl: str, debug_outputs: bool,
             no_merge: bool, force: bool, no_verify: bool, use_reference: bool | None, seed: int,
             as_json: bool) -> None:
     """Export SOURCE (a recipe name or .toml, or a local Hugging Face model folder) to ONNX.

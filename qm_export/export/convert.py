@@ -14,6 +14,8 @@ __all__ = ["ConvertOptions", "ConvertReport", "run_convert", "declared_shapes", 
 
 #: Models with at most this many parameters also run through the ONNX reference evaluator.
 TINY_REFERENCE_LIMIT = 2_000_000
+#: ONNX Conv (and most ops) accept bfloat16 from opset 22 on.
+BF16_MIN_OPSET = 22
 
 
 @dataclass
@@ -26,7 +28,7 @@ class ConvertOptions:
     batch: int | None = None
     seq_len: int | None = None
     dynamic_seq: bool = True
-    opset: int = 20
+    opset: int | None = None
     precision: str | None = None
     merge_impl: str = "plugin"
     debug_outputs: bool = False
@@ -49,6 +51,7 @@ class ConvertReport:
     tokens_per_layer: list[int]
     schedule: str
     verify: VerifyReport | None = None
+    verify_skipped: str | None = None
     shapes_checked: list[dict[str, list[int]]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -62,6 +65,7 @@ class ConvertReport:
             "export": self.export,
             "shapes_checked": self.shapes_checked,
             "parity": None if self.verify is None else self.verify.to_json(),
+            "parity_skipped": self.verify_skipped,
         }
 
 
@@ -151,6 +155,12 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
         if not options.dynamic_seq:
             loaded.dynamic_shapes = _static_seq(loaded.dynamic_shapes)
     precision = loaded.precision
+    opset = options.opset
+    if opset is None:
+        defaults = getattr(loaded, "export_defaults", None)
+        opset = getattr(defaults, "opset", 20)
+        if precision == "bf16":
+            opset = max(opset, BF16_MIN_OPSET)
     metadata = {
         "qm_export.source": options.source,
         "qm_export.family": loaded.family,
@@ -160,9 +170,9 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
         "qm_export.tolerances": metadata_json({k: vars(v) for k, v in loaded.tolerances.items()}),
         **_profile_metadata(loaded),
     }
-    with console.status(f"exporting to ONNX (opset {options.opset}, {options.merge_impl})"):
+    with console.status(f"exporting to ONNX (opset {opset}, {options.merge_impl})"):
         exported = export_onnx(
-            loaded, options.output, opset=options.opset, merge_impl=options.merge_impl,
+            loaded, options.output, opset=opset, merge_impl=options.merge_impl,
             debug_outputs=options.debug_outputs, force=options.force, metadata=metadata,
         )
     report = ConvertReport(
@@ -172,8 +182,14 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
         schedule=metadata["qm_export.schedule"],
     )
     _print_export(console, report, exported)
+    if options.verify and precision == "bf16":
+        report.verify_skipped = (
+            "bf16: ONNX Runtime's CPU provider has no bfloat16 kernels for most ops, so parity "
+            "was not checked here; check the engine with TensorRT instead"
+        )
+        console.print(f"[yellow]parity not checked[/]: {report.verify_skipped}")
     try:
-        if options.verify:
+        if options.verify and report.verify_skipped is None:
             tol = loaded.tolerance
             use_ref = options.use_reference
             if use_ref is None:

@@ -32,8 +32,12 @@ def check_output_path(path: str | os.PathLike[str], *, force: bool, suffix: str 
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise OutputPathError(f"output folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputPathError(f"output folder {str(parent)!r} is not writable")
+    try:  # the real test (root passes os.access checks on read-only file systems too)
+        fd, probe = tempfile.mkstemp(prefix=".qm-export-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputPathError(f"output folder {str(parent)!r} is not writable ({err.strerror})") from None
     return out.resolve()
 
 

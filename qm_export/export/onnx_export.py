@@ -186,8 +186,14 @@ def _save(model: ir.Model, path: Path, external: bool) -> None:
         ir.save(model, path)
 
 
-def _check(path: Path) -> None:
-    onnx.checker.check_model(os.fspath(path), full_check=True)
+def _check(path: Path, opset: int) -> None:
+    try:
+        onnx.checker.check_model(os.fspath(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        hint = ""
+        if "bfloat16" in str(err) and opset < 22:
+            hint = f" (bfloat16 needs opset 22 or later for this op; got opset {opset})"
+        raise ValueError(f"the exported model fails onnx.checker.check_model(full_check=True){hint}: {err}") from None
 
 
 def _count(model: ir.Model) -> tuple[int, int, dict[str, int], list[str]]:
@@ -209,6 +215,7 @@ def export_onnx(
     debug_outputs: bool = False,
     force: bool = False,
     metadata: dict[str, str] | None = None,
+    traced: ir.Model | None = None,
 ) -> ExportedModel:
     """Export ``loaded`` (a :class:`qm_export.models.LoadedModel` built with
     ``debug_outputs=True``) to ``path``.
@@ -221,6 +228,8 @@ def export_onnx(
         merge_impl: ``"plugin"`` (qm nodes + local functions) or ``"inline"`` (standard ops).
         debug_outputs: keep every merge layer's ``assign``/``seeds`` as outputs.
         metadata: extra ``metadata_props`` (``qm_export.*`` keys are added here too).
+        traced: a model from :func:`trace_to_ir` of the same ``loaded`` and ``opset`` to reuse
+            (copied, not changed), e.g. to write both merge impls from one trace.
 
     Raises:
         OutputPathError: the path exists (without ``force``) or cannot be written.
@@ -232,7 +241,7 @@ def export_onnx(
         raise ValueError(f"opset must be an int in [18, 23], got {opset!r}")
     out = check_output_path(path, force=force, suffix=".onnx")
     start = time.perf_counter()
-    model = trace_to_ir(loaded, opset)
+    model = trace_to_ir(loaded, opset) if traced is None else ir.from_proto(ir.to_proto(traced))
     _attach_functions(model)
     if merge_impl == "inline":
         _inline(model)
@@ -243,18 +252,21 @@ def export_onnx(
     debug_names = [v.name for v in model.graph.outputs if is_debug_output(v.name or "")]
 
     tmpdir = tempfile.TemporaryDirectory(prefix="qm-export-debug-")
-    debug_path = Path(tmpdir.name) / out.name
-    _save(model, debug_path, external)
-    if not debug_outputs:
-        _strip_debug_outputs(model)
-    nodes, fn_nodes, qm_nodes, functions = _count(model)
-
-    with tempfile.TemporaryDirectory(prefix=".qm-export-", dir=out.parent) as staging:
-        staged = Path(staging) / out.name
-        _save(model, staged, external)
-        _check(staged)
-        files = [staged] + ([staged.with_name(staged.name + ".data")] if external else [])
-        replace_atomically(files, out.parent)
+    try:
+        debug_path = Path(tmpdir.name) / out.name
+        _save(model, debug_path, external)
+        if not debug_outputs:
+            _strip_debug_outputs(model)
+        nodes, fn_nodes, qm_nodes, functions = _count(model)
+        with tempfile.TemporaryDirectory(prefix=".qm-export-", dir=out.parent) as staging:
+            staged = Path(staging) / out.name
+            _save(model, staged, external)
+            _check(staged, opset)
+            files = [staged] + ([staged.with_name(staged.name + ".data")] if external else [])
+            replace_atomically(files, out.parent)
+    except BaseException:
+        tmpdir.cleanup()
+        raise
     file_bytes = out.stat().st_size
     if external:
         file_bytes += out.with_name(out.name + ".data").stat().st_size

@@ -8,7 +8,6 @@ from .. import __version__
 from .build import build
 from .check import check
 from .convert import convert
-from .demo import demo
 from .models import models
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -24,7 +23,6 @@ def main() -> None:
     """
 
 
-main.add_command(demo)
 main.add_command(models)
 main.add_command(convert)
 main.add_command(check)

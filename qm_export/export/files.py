@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["OutputPathError", "check_output_path", "replace_atomically", "write_bytes_atomically"]
+__all__ = ["OutputPathError", "check_output_path", "replace_atomically"]
 
 
 class OutputPathError(ValueError):
@@ -49,18 +48,3 @@ def replace_atomically(files: Sequence[Path], folder: Path) -> list[Path]:
         os.replace(src, dst)
         moved.append(dst)
     return moved
-
-
-def write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

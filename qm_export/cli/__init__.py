@@ -6,6 +6,7 @@ import click
 
 from .. import __version__
 from .demo import demo
+from .fit_prior import fit_prior
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -21,5 +22,6 @@ def main() -> None:
 
 
 main.add_command(demo)
+main.add_command(fit_prior)
 
 __all__ = ["main"]

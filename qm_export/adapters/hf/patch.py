@@ -110,7 +110,7 @@ def apply_quickmerge(
     mode: str | None = None,
     saliency: str = "attention",
     scales: int = 1,
-    metric: str = "keys",
+    metric: str = "hidden",
     method: str = "quickmerge",
     prior: Any = None,
     prior_weight: float | None = None,
@@ -134,10 +134,11 @@ def apply_quickmerge(
             eager attention) or ``"self"`` (self-similarity of the post-attention states).
         scales: layers feeding multi-scale saliency (the merge layer and those before it,
             back to the previous merge).
-        metric: assignment features: ``"keys"`` (attention keys averaged over heads) or
-            ``"hidden"`` (the merged states themselves).
+        metric: assignment features: ``"hidden"`` (the states being merged, the spec's default)
+            or ``"keys"`` (the layer's attention keys averaged over heads, as ToMe).
         method: ``"quickmerge"`` or ``"tome"`` (the ToMe baseline, same layers and reduction).
-        prior: a fitted prior (``.safetensors`` path or module), or ``{layer: prior}``.
+        prior: a fitted prior (``.safetensors`` path or module) used in every merge layer, or
+            ``{layer: prior}`` (merge layers missing from it merge without prior guidance).
         prior_weight: weight of the prior's surprise (default 0.3 with a prior, else 0).
         per_row_keep: each padded row keeps as many tokens as it would alone (default True).
         context_length: GPT-2 only: merge only the first tokens (a per-call ``context_length``
@@ -177,8 +178,8 @@ def apply_quickmerge(
         prior_weight = plan.options.get("prior_weight", DEFAULT_PRIOR_WEIGHT if prior is not None else 0.0)
     plan = plan.replace(options={**plan.options, "prior_weight": prior_weight})  # re-validates
     priors = _priors(prior, plan.layers, base.config.hidden_size)
-    if plan.options["prior_weight"] > 0 and len(priors) < len(plan.layers):
-        raise ValueError(f"prior_weight={prior_weight} needs a prior for every merge layer {list(plan.layers)}")
+    if plan.options["prior_weight"] > 0 and not priors:
+        raise ValueError(f"prior_weight={prior_weight} needs a prior (prior=None)")
     if method == "tome":
         if plan.mode != "global":
             raise ValueError("the ToMe baseline supports mode='global' only")

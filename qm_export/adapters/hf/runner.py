@@ -143,6 +143,8 @@ def run_layers(
                 h1, state = tome_step(h1, state, config, metric)
             else:
                 prior = patch.priors[str(i)] if str(i) in patch.priors else None
+                if prior is None and config.prior_weight > 0:
+                    config = config.replace(prior_weight=0.0)  # a layer left out of a {layer: prior} map
                 h1, state, info, n_ctx = quickmerge_step(
                     h1, state, config, n_ctx=n_ctx,
                     attn=window if use_attn else None, scales=None if use_attn else window,

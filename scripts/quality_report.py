@@ -103,6 +103,34 @@ def _verdicts(results: dict) -> list[str]:
     return out
 
 
+def _reading(results: dict) -> str:
+    lines = []
+    for target in sorted({r["target"] for r in results["schedule_sweep"]}):
+        rows = [r for r in results["schedule_sweep"] if r["target"] == target]
+        chosen = results["chosen_schedules"][str(target)]
+        pick = next(r for r in rows if r["schedule"] == chosen)
+        cheap = min(rows, key=lambda r: r["work"])
+        lines.append(f"- {target:g}x: the rule picked `{chosen}` (work left {pick['work']:.2f}, dev cosine "
+                     f"{pick['quickmerge']['cos_mean']:.4f}); the cheapest candidate, `{cheap['schedule']}` (work left "
+                     f"{cheap['work']:.2f}), reached {cheap['quickmerge']['cos_mean']:.4f} (ToMe keys "
+                     f"{cheap['tome']['cos_mean']:.4f}, hidden {cheap['tome-hidden']['cos_mean']:.4f}).")
+    lines.append("- The selection rule only maximises the dev cosine, so it prefers late merges that save "
+                 "less work; the dev table gives every candidate's work and cosine for other trade-offs.")
+    measured = [r["quickmerge"].get("reduction_measured") for r in results["test"]]
+    if all(m is not None for m in measured):
+        lines.append("- Tokens left, counted from the merge layers' masks on test: reductions "
+                     + ", ".join(f"{m:.2f}x" for m in measured) + " (the analytic counts above).")
+    ab = results.get("per_row_keep_ablation")
+    if ab:
+        on = ab["per_row_keep_true"]
+        lines.append(f"- Without `per_row_keep` (K from the padded tensor, spec §2 alone) `{ab['schedule']}` keeps "
+                     f"more of each padded row: measured reduction {ab.get('reduction_measured', float('nan')):.2f}x instead "
+                     f"of {on.get('reduction_measured', float('nan')):.2f}x on dev, with dev cosine {ab['cos_mean']:.4f} "
+                     f"instead of {on['cos_mean']:.4f}: a cosine measured on padded batches without it overstates "
+                     "quality at a nominal ratio.")
+    return "\n".join(lines)
+
+
 def write_markdown(results: dict, path: Path) -> None:
     m, s = results["machine"], results["splits"]
     opt = results["chosen_options"]
@@ -187,6 +215,10 @@ post-attention states of the prior split):
 Prior weight:
 
 {_md(betas)}
+
+## Reading the results
+
+{_reading(results)}
 
 ## Caveats
 

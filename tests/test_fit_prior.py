@@ -115,3 +115,36 @@ def test_prior_weight_changes_saliency(tmp_path):
     torch.testing.assert_close(some[real], (0.5 * plain + 0.5 * only)[real], atol=1e-6, rtol=1e-6)
     default = apply_quickmerge(make("BertModel"), {1: 0.5}, prior=path)
     assert default.quickmerge.plan.options["prior_weight"] == pytest.approx(0.3)
+
+
+def test_prior_map_covers_only_some_layers():
+    torch.manual_seed(2)
+    prior = AutoregressivePrior(dim=32, width=16, layers=1, heads=2)
+    inputs = text_inputs(2, 12)
+
+    def saliencies(**options):
+        model = apply_quickmerge(make("BertModel"), {0: 0.7, 1: 0.7}, **options)
+        model.quickmerge.recorder = Recorder()
+        with torch.no_grad():
+            model(**inputs)
+        return [info["saliency"] for _, info in model.quickmerge.recorder.merges]
+
+    plain = saliencies()
+    guided = saliencies(prior={1: prior}, prior_weight=0.5)
+    assert torch.equal(plain[0], guided[0])  # layer 0 has no prior: unchanged
+    assert not torch.allclose(plain[1], guided[1])
+    with pytest.raises(ValueError, match="does not merge"):
+        apply_quickmerge(make("BertModel"), {0: 0.7}, prior={1: prior})
+
+
+def test_fit_prior_cli_on_a_vision_model(tmp_path):
+    make("ViTForImageClassification").save_pretrained(tmp_path / "vit")
+    out = tmp_path / "vit-prior.safetensors"
+    result = _run(["fit-prior", str(tmp_path / "vit"), "-o", str(out), "--steps", "3", "--samples", "6", "--batch-size", "3"])
+    assert result.exit_code == 0, result.output
+    meta = read_prior_metadata(out)
+    assert meta["layer"] == 0 and meta["sequences"] == 6  # default schedule: layer 2 // 3 = 0
+    model = apply_quickmerge(make("ViTForImageClassification"), {0: 0.5}, prior=out, prior_weight=0.2)
+    with torch.no_grad():
+        logits = model(pixel_values=torch.randn(2, 3, 16, 16)).logits
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()

@@ -122,3 +122,10 @@ def test_import_and_help_stay_light():
         "bad = [m for m in ('transformers', 'triton', 'tensorrt') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_module_layout_is_refused():
+    model = make("BertModel")
+    del model.encoder.layer[0].attention.self.scaling  # as if from another transformers layout
+    with pytest.raises(ValueError, match="unsupported module layout"):
+        apply_quickmerge(model, 0.5)

@@ -20,12 +20,18 @@ from ...models.merging import unmerge_to_input
 
 __all__ = ["BERT"]
 
+_LAYOUT = "{name}: unsupported module layout (this adapter follows transformers 5.x modeling code)"
+
 
 def _layers(base: nn.Module) -> Sequence[nn.Module]:
     return base.encoder.layer
 
 
-def _check_config(config: Any) -> None:
+def _check(base: nn.Module) -> None:
+    config = base.config
+    layer = base.encoder.layer[0] if len(base.encoder.layer) else None
+    if layer is not None and not all(hasattr(layer.attention.self, n) for n in ("query", "key", "value", "scaling")):
+        raise ValueError(_LAYOUT.format(name=type(base).__name__))
     if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
         raise ValueError("QuickMerge++ patches BERT encoders only; this config has is_decoder/add_cross_attention set")
     kind = getattr(config, "position_embedding_type", "absolute")
@@ -100,7 +106,7 @@ BERT = Family(
     default_protect=1,
     default_mode="global",
     layers=_layers,
-    check_config=_check_config,
+    check=_check,
     attend=_attend,
     feed_forward=_feed_forward,
     forward=_forward,

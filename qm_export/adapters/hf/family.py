@@ -36,7 +36,8 @@ class Family:
         default_protect: leading tokens never merged (1 = the class token).
         default_mode: ``"global"`` or ``"causal"``.
         layers: the base model's transformer layers, in order.
-        check_config: raise ``ValueError`` for configurations the adapter does not cover.
+        check: raise ``ValueError`` for a configuration or module layout (transformers
+            version) the adapter does not cover.
         attend, feed_forward: the two halves of a layer.
         forward: the replacement ``forward(self, ...)`` of the base model.
     """
@@ -46,7 +47,7 @@ class Family:
     default_protect: int
     default_mode: str
     layers: Callable[[nn.Module], Sequence[nn.Module]]
-    check_config: Callable[[Any], None]
+    check: Callable[[nn.Module], None]
     attend: AttendFn
     feed_forward: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     forward: Callable[..., Any]

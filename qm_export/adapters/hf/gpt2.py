@@ -31,8 +31,10 @@ def _layers(base: nn.Module) -> Sequence[nn.Module]:
     return base.h
 
 
-def _check_config(config: Any) -> None:
-    if getattr(config, "add_cross_attention", False):
+def _check(base: nn.Module) -> None:
+    if len(base.h) and not all(hasattr(base.h[0].attn, n) for n in ("c_attn", "c_proj", "split_size", "head_dim", "scaling")):
+        raise ValueError(f"{type(base).__name__}: unsupported module layout (this adapter follows transformers 5.x modeling code)")
+    if getattr(base.config, "add_cross_attention", False):
         raise ValueError("QuickMerge++ patches GPT-2 without cross-attention; this config has add_cross_attention=True")
 
 
@@ -118,7 +120,7 @@ GPT2 = Family(
     default_protect=0,
     default_mode="causal",
     layers=_layers,
-    check_config=_check_config,
+    check=_check,
     attend=_attend,
     feed_forward=_feed_forward,
     forward=_forward,

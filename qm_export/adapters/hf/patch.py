@@ -110,7 +110,7 @@ def apply_quickmerge(
     mode: str | None = None,
     saliency: str = "attention",
     scales: int = 1,
-    metric: str = "hidden",
+    metric: str | None = None,
     method: str = "quickmerge",
     prior: Any = None,
     prior_weight: float | None = None,
@@ -134,8 +134,9 @@ def apply_quickmerge(
             eager attention) or ``"self"`` (self-similarity of the post-attention states).
         scales: layers feeding multi-scale saliency (the merge layer and those before it,
             back to the previous merge).
-        metric: assignment features: ``"hidden"`` (the states being merged, the spec's default)
-            or ``"keys"`` (the layer's attention keys averaged over heads, as ToMe).
+        metric: assignment (matching) features: ``"hidden"`` (the states being merged; the
+            default for QuickMerge++, as in the spec) or ``"keys"`` (the layer's attention keys
+            averaged over heads; the default for ToMe, as published).
         method: ``"quickmerge"`` or ``"tome"`` (the ToMe baseline, same layers and reduction).
         prior: a fitted prior (``.safetensors`` path or module) used in every merge layer, or
             ``{layer: prior}`` (merge layers missing from it merge without prior guidance).
@@ -156,9 +157,11 @@ def apply_quickmerge(
         raise ValueError(f"{type(model).__name__} is already patched with QuickMerge++; call remove_quickmerge() first")
     if hasattr(base, "quickmerge") or "forward" in vars(base):
         raise ValueError(f"{type(base).__name__} already has a 'quickmerge' attribute or an instance-level forward")
-    family.check_config(base.config)
+    family.check(base)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if metric is None:
+        metric = "keys" if method == "tome" else "hidden"
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if generator is not None and not isinstance(generator, torch.Generator):

@@ -28,8 +28,11 @@ def _layers(base: nn.Module) -> Sequence[nn.Module]:
     return base.encoder.layer
 
 
-def _check_config(config: Any) -> None:
-    return None
+def _check(base: nn.Module) -> None:
+    layers = _layers(base)
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
+    if len(layers) and not all(hasattr(layers[0].attention, n) for n in names):
+        raise ValueError(f"{type(base).__name__}: unsupported module layout (this adapter follows transformers 5.x modeling code)")
 
 
 def _qkv(attention: nn.Module, x: torch.Tensor):
@@ -97,7 +100,7 @@ VIT = Family(
     default_protect=1,
     default_mode="global",
     layers=_layers,
-    check_config=_check_config,
+    check=_check,
     attend=_attend,
     feed_forward=_feed_forward,
     forward=_forward,

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # 3. A prior per first merge layer, fitted on the prior split; its weight chosen on dev.
         priors, results["priors"] = {}, []
-        for target, sched in chosen.items():
+        for sched in chosen.values():
             layer = min(sched)
             if layer in priors:
                 continue

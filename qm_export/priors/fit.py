@@ -40,7 +40,7 @@ def capture_merge_inputs(model: nn.Module, batches: Iterable[dict[str, torch.Ten
     unprotected (and, for a causal context, context) tokens are kept.
     """
     from ..adapters.hf.patch import resolve_base
-    from ..adapters.hf.runner import QuickMergePatch, Recorder
+    from ..adapters.hf.runner import QuickMergePatch, recording
 
     base, family = resolve_base(model)
     patch = getattr(base, "quickmerge", None)
@@ -50,14 +50,9 @@ def capture_merge_inputs(model: nn.Module, batches: Iterable[dict[str, torch.Ten
     if not 0 <= layer < n_layers:
         raise ValueError(f"layer must be in [0, {n_layers - 1}], got {layer}")
     p = patch.plan.protect
-    recorder = Recorder(capture_layers=frozenset({layer}))
-    patch.recorder = recorder
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(**batch)
-    finally:
-        patch.recorder = None
+    with recording(patch, frozenset({layer})) as recorder, torch.no_grad():
+        for batch in batches:
+            model(**batch)
     sequences = []
     for _, hidden, mask, _, n_ctx in recorder.inputs:
         end = hidden.shape[1] if n_ctx is None else n_ctx

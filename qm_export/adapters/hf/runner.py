@@ -7,7 +7,8 @@ every family's replacement ``forward`` calls between its embeddings and its outp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +21,7 @@ from .attention import attention_bias
 from .family import Family
 from .steps import quickmerge_step, tome_step
 
-__all__ = ["QuickMergePatch", "Recorder", "RankPositions", "run_layers"]
+__all__ = ["QuickMergePatch", "Recorder", "RankPositions", "recording", "run_layers"]
 
 
 class RankPositions(nn.Module):
@@ -93,6 +94,17 @@ class QuickMergePatch(nn.Module):
 
     def extra_repr(self) -> str:
         return f"family={self.family.name}, method={self.method}, schedule={self.plan.describe()!r}"
+
+
+@contextmanager
+def recording(patch: QuickMergePatch, capture_layers: frozenset[int] = frozenset()) -> Iterator[Recorder]:
+    """Record what the merge layers of ``patch`` see and do during the calls in the block."""
+    recorder = Recorder(capture_layers=frozenset(capture_layers))
+    previous, patch.recorder = patch.recorder, recorder
+    try:
+        yield recorder
+    finally:
+        patch.recorder = previous
 
 
 def _window_layers(plan: MergeSchedule) -> frozenset[int]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ...models.schedule import MergeSchedule
 from .patch import SUPPORTED, apply_quickmerge, resolve_base
-from .runner import QuickMergePatch, Recorder
+from .runner import QuickMergePatch, recording
 
 __all__ = ["HFLoadedModel", "load_hf_model", "load_hf_source", "PRECISIONS", "TOLERANCES"]
 
@@ -97,18 +97,14 @@ class _ExportBase(nn.Module):
     def _run(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         base, _ = resolve_base(self.model)
         patch = getattr(base, "quickmerge", None)
-        recorder = Recorder() if (self.debug and isinstance(patch, QuickMergePatch)) else None
-        if recorder is not None:
-            patch.recorder = recorder
-        try:
+        if not (self.debug and isinstance(patch, QuickMergePatch)):
             out = self.model(**inputs)
-        finally:
-            if recorder is not None:
-                patch.recorder = None
+            return tuple(out[name] for name in self.output_names)
+        with recording(patch) as recorder:
+            out = self.model(**inputs)
         flat = [out[name] for name in self.output_names]
-        if recorder is not None:
-            for _, info in recorder.merges:
-                flat += [info["assign"], info["seeds"]]
+        for _, info in recorder.merges:
+            flat += [info["assign"], info["seeds"]]
         return tuple(flat)
 
 

@@ -8,6 +8,7 @@ from .. import __version__
 from .build import build
 from .check import check
 from .convert import convert
+from .fit_prior import fit_prior
 from .models import models
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -27,5 +28,6 @@ main.add_command(models)
 main.add_command(convert)
 main.add_command(check)
 main.add_command(build)
+main.add_command(fit_prior)
 
 __all__ = ["main"]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["QuickMergeConfig", "ratio_fraction", "resolve_keep", "MODES"]
+__all__ = ["QuickMergeConfig", "ratio_fraction", "resolve_keep", "resolve_keep_rows", "MODES"]
 
 MODES = ("global", "causal")
 
@@ -44,6 +44,10 @@ class QuickMergeConfig:
         sim_temp: temperature of the self-similarity softmax used without host attention.
         refine_iters: centroid refinement rounds after the seed assignment (``>= 0``).
         prior_weight: weight ``beta`` of the autoregressive prior's surprise in ``[0, 1]``.
+        per_row_keep: if True, each row keeps ``K_b`` real seeds computed from its own number
+            of real mergeable tokens (same integer rule); the tensor still has ``K`` slots and
+            the ``K - K_b`` extra ones go to padding seeds. A padded row then merges exactly as
+            it would alone (extension beyond spec §3, for padded batches).
     """
 
     keep: int | None = None
@@ -56,6 +60,7 @@ class QuickMergeConfig:
     sim_temp: float = 0.1
     refine_iters: int = 0
     prior_weight: float = 0.0
+    per_row_keep: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -102,6 +107,8 @@ class QuickMergeConfig:
             raise TypeError(f"refine_iters must be an int, got {self.refine_iters!r}")
         if self.refine_iters < 0:
             raise ValueError(f"refine_iters must be >= 0, got {self.refine_iters!r}")
+        if not isinstance(self.per_row_keep, bool):
+            raise TypeError(f"per_row_keep must be a bool, got {self.per_row_keep!r}")
         if not _is_real(self.prior_weight):
             raise TypeError(f"prior_weight must be a float, got {self.prior_weight!r}")
         if not (0.0 <= float(self.prior_weight) <= 1.0):
@@ -129,3 +136,18 @@ def resolve_keep(n_mergeable: int | torch.SymInt, config: QuickMergeConfig) -> i
         return min(n_mergeable, max(1, k))
     # a <= b, so k <= N' already; only the lower bound can bind.
     return torch.sym_max(1, k)
+
+
+def resolve_keep_rows(n_real: torch.Tensor, config: QuickMergeConfig) -> torch.Tensor:
+    """Per-row ``K_b`` for rows with ``n_real`` ``(B,)`` real mergeable tokens (``per_row_keep``).
+
+    The same integer rule as :func:`resolve_keep` applied to each row's count, in tensor
+    arithmetic (exports with a symbolic batch); ``keep`` is capped at the row's count.
+    Returns ``(B,)`` int64, each in ``[1, n_real]`` for rows with at least one real token.
+    """
+    n = n_real.long()
+    if config.keep is not None:
+        return torch.clamp(n, max=config.keep).clamp_min(1)
+    a, b = ratio_fraction(config.keep_ratio)
+    k = torch.div(n * a + b // 2, b, rounding_mode="floor")
+    return torch.minimum(n, k.clamp_min(1))

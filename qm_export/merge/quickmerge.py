@@ -15,11 +15,11 @@ import torch
 
 from . import ops
 from .assign import assign_to_seeds, eligibility, refine
-from .config import QuickMergeConfig, resolve_keep
+from .config import QuickMergeConfig, resolve_keep, resolve_keep_rows
 from .indexing import batch_gather
 from .saliency import PriorFn, normalise, saliency
 from .recording import MergeRecord, add_record, recording_active
-from .select import gumbel_noise, masses, select_seeds
+from .select import gumbel_noise, masses, row_keep_score, select_seeds
 from .validate import check_inputs
 
 __all__ = ["MergeInfo", "quickmerge", "unmerge"]
@@ -113,6 +113,8 @@ def quickmerge(
         score = s
     else:
         score = torch.where(real, s / cfg.tau + noise, torch.tensor(float("-inf"), device=x.device))
+    if cfg.per_row_keep:
+        score = row_keep_score(score, real, resolve_keep_rows(real.sum(1), cfg), causal)
     seeds, others = select_seeds(score, real, k, causal)
 
     g = inputs.metric[:, p:].float()

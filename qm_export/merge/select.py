@@ -6,7 +6,7 @@ import torch
 
 from .indexing import stable_partition, stable_rank_descending
 
-__all__ = ["gumbel_noise", "masses", "select_seeds", "last_real_index"]
+__all__ = ["gumbel_noise", "masses", "select_seeds", "last_real_index", "row_keep_score"]
 
 
 def gumbel_noise(
@@ -73,3 +73,37 @@ def select_seeds(
         is_seed = is_seed | is_last
     perm = stable_partition(is_seed)
     return perm[:, :k], perm[:, k:]
+
+
+def row_keep_score(
+    score: torch.Tensor, real: torch.Tensor, k_row: torch.Tensor, causal: bool
+) -> torch.Tensor:
+    """Ranking key that gives row ``b`` exactly ``k_row[b]`` real seeds under :func:`select_seeds`.
+
+    Three tiers, each in the order of ``score`` (stable, lower index first on ties): the
+    ``k_row[b]`` best real tokens (in causal mode the last real token replaces the
+    ``k_row[b]``-th, as :func:`select_seeds` does with ``K``), then the padded tokens, then the
+    other real tokens. With ``K - k_row[b]`` at most the row's padding count, the ``K`` seeds are
+    the row's own ``k_row[b]`` seeds plus padding seeds; a row without padding (``k_row = K``)
+    gets exactly the seeds it would get without this key.
+
+    Args:
+        score: ``(B, N')`` float32 ranking key (padding below every real token).
+        real: ``(B, N')`` bool.
+        k_row: ``(B,)`` int64 seeds wanted per row.
+        causal: keep the last real token among the row's seeds.
+
+    Returns:
+        ``(B, N')`` float32 key (distinct values, larger ranks first).
+    """
+    n = score.shape[1]
+    rank = stable_rank_descending(score)
+    k = k_row.long().unsqueeze(1)
+    chosen = real & (rank < k)
+    if causal:
+        idx = torch.arange(n, device=real.device).unsqueeze(0)
+        is_last = idx == last_real_index(real)
+        missing = ~(chosen & is_last).any(1, keepdim=True)
+        chosen = torch.where(missing & (rank == k - 1), torch.zeros_like(chosen), chosen) | is_last
+    tier = torch.where(chosen, 0, torch.where(real, 2, 1))
+    return -(tier * n + rank).to(torch.float32)

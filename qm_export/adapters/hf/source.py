@@ -1,0 +1,207 @@
+"""A local Hugging Face model folder as a ``convert`` source.
+
+:func:`load_hf_source` loads the model offline (``local_files_only=True``), patches it with
+QuickMerge++ (unless ``no_merge``) and wraps it in an export module whose ``forward`` takes
+tensors positionally in ``input_names`` order and returns a flat tuple in ``output_names``
+order — what ``torch.export.export`` and the ONNX exporter need.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...models.schedule import MergeSchedule
+from .patch import SUPPORTED, apply_quickmerge, resolve_base
+from .runner import QuickMergePatch, recording
+
+__all__ = ["HFLoadedModel", "load_hf_model", "load_hf_source", "PRECISIONS", "TOLERANCES"]
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: Parity tolerances (absolute, relative) per precision for outputs of these models.
+TOLERANCES = {"fp32": {"atol": 1e-4, "rtol": 1e-4}, "fp16": {"atol": 2e-2, "rtol": 2e-2}, "bf16": {"atol": 6e-2, "rtol": 6e-2}}
+_ARCHITECTURES = {
+    "BertModel", "BertForSequenceClassification", "BertForMaskedLM", "BertForTokenClassification",
+    "BertForQuestionAnswering", "BertForMultipleChoice", "BertForPreTraining", "BertForNextSentencePrediction",
+    "ViTModel", "ViTForImageClassification", "GPT2Model", "GPT2LMHeadModel",
+}
+_BY_MODEL_TYPE = {"bert": "BertModel", "vit": "ViTModel", "gpt2": "GPT2LMHeadModel"}
+
+
+@dataclass
+class HFLoadedModel:
+    """What ``convert`` needs from a source (same fields as the reference models' loader)."""
+
+    model: nn.Module
+    export_module: nn.Module
+    input_names: list[str]
+    output_names: list[str]
+    example_inputs: tuple[torch.Tensor, ...]
+    dynamic_shapes: dict[str, dict[int, Any]]
+    family: str
+    recipe: Any = None
+    schedule: MergeSchedule | None = None
+    tolerances: dict[str, float] = field(default_factory=dict)
+    merge_layers: tuple[int, ...] = ()
+    tokenizer: Any = None
+
+
+def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Module, Any]:
+    """Load a supported model (and its tokenizer, if the folder has one) from a local folder.
+
+    The class comes from ``config.json`` (``architectures``, else ``model_type``). Never
+    downloads: ``HF_HUB_OFFLINE=1`` and ``local_files_only=True``.
+
+    Returns:
+        ``(model in eval mode, tokenizer or None)``.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    names = [a for a in (getattr(config, "architectures", None) or []) if a in _ARCHITECTURES]
+    name = names[0] if names else _BY_MODEL_TYPE.get(getattr(config, "model_type", ""))
+    if name is None:
+        found = getattr(config, "architectures", None) or getattr(config, "model_type", "?")
+        raise TypeError(f"{path}: model {found} is not supported; supported: {SUPPORTED}")
+    model = getattr(transformers, name).from_pretrained(path, local_files_only=True)
+    model = model.to(PRECISIONS[precision]).eval()
+    tokenizer = None
+    if any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model, tokenizer
+
+
+def default_schedule(num_layers: int) -> dict[int, float]:
+    """One merge keeping half the tokens, in layer ``num_layers // 3``."""
+    return {num_layers // 3: 0.5}
+
+
+class _ExportBase(nn.Module):
+    def __init__(self, model: nn.Module, output_names: list[str], debug: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.output_names = list(output_names)
+        self.debug = debug
+
+    def _run(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        base, _ = resolve_base(self.model)
+        patch = getattr(base, "quickmerge", None)
+        if not (self.debug and isinstance(patch, QuickMergePatch)):
+            out = self.model(**inputs)
+            return tuple(out[name] for name in self.output_names)
+        with recording(patch) as recorder:
+            out = self.model(**inputs)
+        flat = [out[name] for name in self.output_names]
+        for _, info in recorder.merges:
+            flat += [info["assign"], info["seeds"]]
+        return tuple(flat)
+
+
+class TextExport(_ExportBase):
+    """``forward(input_ids (B, N) int64, attention_mask (B, N) int64) -> outputs``."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._run(input_ids=input_ids, attention_mask=attention_mask)
+
+
+class VisionExport(_ExportBase):
+    """``forward(pixel_values (B, C, H, W)) -> outputs``."""
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._run(pixel_values=pixel_values)
+
+
+def _text_example(model: nn.Module, tokenizer: Any, batch: int, seq_len: int, seed: int) -> tuple[torch.Tensor, ...]:
+    from ...priors.samples import hash_tokenizer, hf_tokenizer, pydoc_documents
+
+    tok = hf_tokenizer(tokenizer) if tokenizer is not None else hash_tokenizer(model.config.vocab_size)
+    ids = tok.encode(" ".join(pydoc_documents()[seed % 50 : seed % 50 + 3]))
+    inner = seq_len - len(tok.wrap([]))
+    ids = ids * (batch * inner // max(len(ids), 1) + 1)
+    rows = [tok.wrap(ids[i * inner : (i + 1) * inner]) for i in range(batch)]
+    input_ids = torch.tensor(rows, dtype=torch.long)
+    mask = torch.ones_like(input_ids)
+    if batch > 1:  # the last row carries right padding (a quarter of the sequence)
+        pad = seq_len // 4
+        if pad > 0:
+            mask[-1, seq_len - pad :] = 0
+            input_ids[-1, seq_len - pad :] = tok.pad_id
+    return input_ids, mask
+
+
+def load_hf_source(
+    path: str | Path,
+    *,
+    schedule: Any = None,
+    no_merge: bool = False,
+    precision: str = "fp32",
+    batch: int | None = None,
+    seq_len: int | None = None,
+    debug_outputs: bool = False,
+    seed: int = 0,
+) -> HFLoadedModel:
+    """Load a local Hugging Face model folder, patch it, and describe it for export.
+
+    Args:
+        path: folder with ``config.json`` and safetensors weights.
+        schedule: merge schedule (any :func:`parse_schedule` form); default one merge keeping
+            half the tokens in layer ``num_layers // 3``.
+        no_merge: leave the model unpatched (the baseline).
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (weights and float inputs).
+        batch, seq_len: example input shape (defaults 2 and 32; ViT uses its image size).
+        debug_outputs: also return ``merge{i}_assign`` ``(B, N_i)`` and ``merge{i}_seeds``
+            ``(B, K_i)`` of every merge layer.
+        seed: seed of the example inputs.
+    """
+    from ...priors.samples import image_batch
+
+    model, tokenizer = load_hf_model(path, precision=precision)
+    base, family = resolve_base(model)
+    num_layers = len(family.layers(base))
+    plan = None
+    if not no_merge:
+        apply_quickmerge(model, default_schedule(num_layers) if schedule is None else schedule)
+        plan = base.quickmerge.plan
+    batch = 2 if batch is None else int(batch)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    dim_batch = torch.export.Dim("batch", min=1, max=4096)
+    if family.name == "vit":
+        size, channels = base.config.image_size, base.config.num_channels
+        example = (image_batch(batch, size, channels, seed=seed).to(PRECISIONS[precision]),)
+        input_names = ["pixel_values"]
+        dynamic = {"pixel_values": {0: dim_batch}}
+        module_cls: type[_ExportBase] = VisionExport
+    else:
+        max_pos = int(getattr(base.config, "max_position_embeddings", getattr(base.config, "n_positions", 512)))
+        seq_len = 32 if seq_len is None else int(seq_len)
+        if not 4 <= seq_len <= max_pos:
+            raise ValueError(f"seq_len must be in [4, {max_pos}], got {seq_len}")
+        example = _text_example(model, tokenizer, batch, seq_len, seed)
+        input_names = ["input_ids", "attention_mask"]
+        dim_seq = torch.export.Dim("seq_len", min=4, max=max_pos)
+        dynamic = {name: {0: dim_batch, 1: dim_seq} for name in input_names}
+        module_cls = TextExport
+    with torch.no_grad():
+        out = model(**dict(zip(input_names, example)))
+    output_names = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+    export_module = module_cls(model, output_names, debug_outputs).eval()
+    merge_layers = plan.layers if plan is not None else ()
+    if debug_outputs:
+        output_names = output_names + [n for i in range(len(merge_layers)) for n in (f"merge{i}_assign", f"merge{i}_seeds")]
+    return HFLoadedModel(
+        model=model, export_module=export_module, input_names=input_names, output_names=output_names,
+        example_inputs=example, dynamic_shapes=dynamic, family=family.name, schedule=plan,
+        tolerances=dict(TOLERANCES[precision]), merge_layers=tuple(merge_layers), tokenizer=tokenizer,
+    )

@@ -30,6 +30,7 @@ import onnx_ir.passes.common as ir_passes
 
 from .. import __version__
 from .files import OutputPathError, check_output_path, replace_atomically
+from .rewrites import rewrite_bool_where
 
 __all__ = [
     "MERGE_IMPLS",
@@ -127,15 +128,30 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def trace_to_ir(loaded: Any, opset: int) -> ir.Model:
-    """Trace ``loaded.export_module`` with the dynamo exporter; returns the onnx-ir model."""
+    """Trace ``loaded.export_module`` and translate it to ONNX; returns the onnx-ir model.
+
+    ``torch.export`` runs first, non-strict, under ``size_oblivious`` (token counts derived
+    from a dynamic length, ``K = f(N)``, are not specialised on being 0 or 1) and with runtime
+    asserts instead of guards, the merge ops emitting their ``qm`` nodes; then the dynamo ONNX
+    exporter translates the program. Doing the first step here (rather than letting
+    ``torch.onnx.export`` try its fallbacks) means a model that cannot keep its dynamic axes
+    fails loudly instead of being specialised.
+    """
     import torch
 
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            loaded.export_module,
-            tuple(getattr(loaded, "trace_inputs", loaded.example_inputs)),
+    from ..merge.ops import emit_qm_nodes
+    from ..models.export_view import size_oblivious
+
+    args = tuple(getattr(loaded, "trace_inputs", loaded.example_inputs))
+    with _quiet_exporter(), size_oblivious(), emit_qm_nodes():
+        program = torch.export.export(
+            loaded.export_module, args, dynamic_shapes=loaded.dynamic_shapes, strict=False,
+            prefer_deferred_runtime_asserts_over_guards=True,
+        )
+        onnx_program = torch.onnx.export(
+            program,
+            args,
             dynamo=True,
-            dynamic_shapes=loaded.dynamic_shapes,
             input_names=list(loaded.input_names),
             output_names=list(loaded.output_names),
             opset_version=opset,
@@ -143,7 +159,7 @@ def trace_to_ir(loaded: Any, opset: int) -> ir.Model:
             verbose=False,
             report=False,
         )
-    return program.model
+    return onnx_program.model
 
 
 def _attach_functions(model: ir.Model) -> None:
@@ -242,6 +258,7 @@ def export_onnx(
     out = check_output_path(path, force=force, suffix=".onnx")
     start = time.perf_counter()
     model = trace_to_ir(loaded, opset) if traced is None else ir.from_proto(ir.to_proto(traced))
+    rewrite_bool_where(model)
     _attach_functions(model)
     if merge_impl == "inline":
         _inline(model)

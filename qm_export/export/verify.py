@@ -105,7 +105,13 @@ def verify_export(
     """
     report = VerifyReport()
     names = list(loaded.input_names)
-    loaded_runners = [factory(str(exported.debug_path)) for factory in runners]
+    loaded_runners = []
+    for factory in runners:
+        try:
+            loaded_runners.append(factory(str(exported.debug_path)))
+        except Exception as err:  # a runtime that cannot load the file: a finding, not a crash
+            name = getattr(factory, "name", getattr(factory, "__name__", "runtime"))
+            raise ValueError(f"{name} cannot load the exported model: {err}") from None
     first_outputs: dict[str, np.ndarray] | None = None
     for inputs in input_sets:
         torch_out, records = run_torch(loaded, inputs)

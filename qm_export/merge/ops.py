@@ -14,7 +14,9 @@ Indices passed to the nodes are int32, as the contract says.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import torch
 
@@ -24,16 +26,36 @@ from .ops_reference import (
     token_unmerge_reference,
 )
 
-__all__ = ["PLUGIN_ATTRS", "group_index", "group_sum", "merge", "unmerge", "is_exporting"]
+__all__ = ["PLUGIN_ATTRS", "group_index", "group_sum", "merge", "unmerge", "is_exporting", "emit_qm_nodes"]
 
 #: The only attributes a ``qm`` node carries.
 PLUGIN_ATTRS = {"plugin_namespace": "qm", "plugin_version": "1"}
 
 
+_EMIT_QM_NODES = False
+
+
+@contextlib.contextmanager
+def emit_qm_nodes() -> Iterator[None]:
+    """Inside the block, the ops trace to ``qm::`` nodes (``torch.onnx.ops.symbolic``) also when
+    ``torch.export.export`` is called directly, e.g. before handing the program to
+    ``torch.onnx.export``. (``torch.onnx.export`` of a module sets this by itself.)"""
+    global _EMIT_QM_NODES
+    previous, _EMIT_QM_NODES = _EMIT_QM_NODES, True
+    try:
+        yield
+    finally:
+        _EMIT_QM_NODES = previous
+
+
+def _onnx_nodes() -> bool:
+    return _EMIT_QM_NODES or torch.onnx.is_in_onnx_export()
+
+
 def is_exporting() -> bool:
     """True while torch is tracing for export (ONNX, ``torch.export``, ``torch.compile``)."""
     return bool(
-        torch.onnx.is_in_onnx_export()
+        _onnx_nodes()
         or torch.compiler.is_exporting()
         or torch.compiler.is_compiling()
         or torch.jit.is_tracing()
@@ -69,7 +91,7 @@ def group_index(assign: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor
     assign = assign.to(torch.int32)
     batch, n = assign.shape
     k = seeds.shape[1]
-    if torch.onnx.is_in_onnx_export():
+    if _onnx_nodes():
         order, offsets = torch.onnx.ops.symbolic_multi_out(
             "qm::TokenGroupIndex",
             (assign, seeds),
@@ -89,7 +111,7 @@ def merge(
 ) -> torch.Tensor:
     """Per-group weighted mean ``(B, K, D)`` of ``x`` ``(B, N', D)`` with float32 ``weight``."""
     weight = weight.float()
-    if torch.onnx.is_in_onnx_export():
+    if _onnx_nodes():
         batch, _, dim = x.shape
         return torch.onnx.ops.symbolic(
             "qm::TokenMerge",
@@ -107,7 +129,7 @@ def merge(
 def unmerge(y: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
     """``y[b, assign[b, i]]`` for ``y`` ``(B, M, D)`` and ``assign`` ``(B, N)``; ``(B, N, D)``."""
     assign = assign.to(torch.int32)
-    if torch.onnx.is_in_onnx_export():
+    if _onnx_nodes():
         batch, n = assign.shape
         return torch.onnx.ops.symbolic(
             "qm::TokenUnmerge",

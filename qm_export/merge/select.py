@@ -104,6 +104,6 @@ def row_keep_score(
         idx = torch.arange(n, device=real.device).unsqueeze(0)
         is_last = idx == last_real_index(real)
         missing = ~(chosen & is_last).any(1, keepdim=True)
-        chosen = torch.where(missing & (rank == k - 1), torch.zeros_like(chosen), chosen) | is_last
+        chosen = (chosen & ~(missing & (rank == k - 1))) | is_last  # no bool Where in ONNX Runtime
     tier = torch.where(chosen, 0, torch.where(real, 2, 1))
     return -(tier * n + rank).to(torch.float32)

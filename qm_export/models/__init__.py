@@ -16,7 +16,6 @@ from .merge_step import MergeStepOutput, carry_history, merge_step, push_history
 from .merging import (
     TokenState,
     attention_bias,
-    causal_bias,
     merge_tokens,
     proportional_bias,
     real_sizes,
@@ -41,7 +40,6 @@ __all__ = [
     "attention_bias",
     "build_model",
     "carry_history",
-    "causal_bias",
     "family_class",
     "load_source",
     "merge_step",

@@ -22,7 +22,6 @@ __all__ = [
     "merge_tokens",
     "seed_index",
     "proportional_bias",
-    "causal_bias",
     "attention_bias",
     "real_sizes",
     "unmerge_to_input",
@@ -110,17 +109,6 @@ def proportional_bias(state: TokenState, dtype: torch.dtype = torch.float32) -> 
     logs = torch.log(torch.where(real, state.sizes, torch.ones_like(state.sizes)))
     bias = torch.where(real, logs, torch.full_like(logs, float("-inf")))
     return bias[:, None, None, :].to(dtype)
-
-
-def causal_bias(state: TokenState, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Additive causal bias ``(B, 1, M, M)`` from position ids: key ``j`` visible to query ``i``
-    iff ``pos_j <= pos_i`` (a merged token sits at its group's last position in causal mode)."""
-    pos = state.positions
-    allowed = pos.unsqueeze(1) <= pos.unsqueeze(2)  # [b, i, j]
-    eye = torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device).unsqueeze(0)
-    allowed = allowed | eye
-    zero = torch.zeros((), dtype=dtype, device=pos.device)
-    return torch.where(allowed, zero, torch.tensor(float("-inf"), dtype=dtype, device=pos.device)).unsqueeze(1)
 
 
 def real_sizes(state: TokenState) -> torch.Tensor:

@@ -56,6 +56,7 @@ class LoadedModel:
             another shape (None keeps the example's size on that axis).
         declared_shapes: ``(batch, seq_len)`` pairs that validation runs: the example's and the
             build profile's min/opt/max (``seq_len`` None where the family fixes it).
+        tokenizer: the source's tokenizer, if it has one (Hugging Face folders).
     """
 
     model: nn.Module
@@ -76,6 +77,7 @@ class LoadedModel:
     tokens_per_layer: Callable[..., list[int]]
     sample_inputs: Callable[..., tuple[torch.Tensor, ...]]
     declared_shapes: tuple[tuple[int | None, int | None], ...] = ((None, None),)
+    tokenizer: Any = None
 
     @property
     def tolerance(self) -> Tolerance:

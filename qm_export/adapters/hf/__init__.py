@@ -10,11 +10,10 @@ See ``docs/adapters.md``.
 from __future__ import annotations
 
 from .patch import SUPPORTED, apply_quickmerge, is_patched, remove_quickmerge
-from .source import HFLoadedModel, load_hf_model, load_hf_source
+from .source import load_hf_model, load_hf_source
 
 __all__ = [
     "SUPPORTED",
-    "HFLoadedModel",
     "apply_quickmerge",
     "is_patched",
     "load_hf_model",

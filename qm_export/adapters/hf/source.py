@@ -17,38 +17,26 @@ import torch
 from torch import nn
 
 from ...models.schedule import MergeSchedule
+from ...models.source import LoadedModel
+from ...recipes import ExportDefaults, ShapeProfile, Tolerance
 from .patch import SUPPORTED, apply_quickmerge, resolve_base
 from .runner import QuickMergePatch, recording
 
-__all__ = ["HFLoadedModel", "load_hf_model", "load_hf_source", "PRECISIONS", "TOLERANCES"]
+__all__ = ["load_hf_model", "load_hf_source", "PRECISIONS", "TOLERANCES"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-#: Parity tolerances (absolute, relative) per precision for outputs of these models.
-TOLERANCES = {"fp32": {"atol": 1e-4, "rtol": 1e-4}, "fp16": {"atol": 2e-2, "rtol": 2e-2}, "bf16": {"atol": 6e-2, "rtol": 6e-2}}
+#: Parity tolerances per precision: ``|diff| <= max_abs + max_rel * |torch|``.
+TOLERANCES = {
+    "fp32": Tolerance(max_abs=1e-4, max_rel=1e-4),
+    "fp16": Tolerance(max_abs=2e-2, max_rel=2e-2),
+    "bf16": Tolerance(max_abs=6e-2, max_rel=6e-2),
+}
 _ARCHITECTURES = {
     "BertModel", "BertForSequenceClassification", "BertForMaskedLM", "BertForTokenClassification",
     "BertForQuestionAnswering", "BertForMultipleChoice", "BertForPreTraining", "BertForNextSentencePrediction",
     "ViTModel", "ViTForImageClassification", "GPT2Model", "GPT2LMHeadModel",
 }
 _BY_MODEL_TYPE = {"bert": "BertModel", "vit": "ViTModel", "gpt2": "GPT2LMHeadModel"}
-
-
-@dataclass
-class HFLoadedModel:
-    """What ``convert`` needs from a source (same fields as the reference models' loader)."""
-
-    model: nn.Module
-    export_module: nn.Module
-    input_names: list[str]
-    output_names: list[str]
-    example_inputs: tuple[torch.Tensor, ...]
-    dynamic_shapes: dict[str, dict[int, Any]]
-    family: str
-    recipe: Any = None
-    schedule: MergeSchedule | None = None
-    tolerances: dict[str, float] = field(default_factory=dict)
-    merge_layers: tuple[int, ...] = ()
-    tokenizer: Any = None
 
 
 def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Module, Any]:
@@ -150,7 +138,7 @@ def load_hf_source(
     seq_len: int | None = None,
     debug_outputs: bool = False,
     seed: int = 0,
-) -> HFLoadedModel:
+) -> LoadedModel:
     """Load a local Hugging Face model folder, patch it, and describe it for export.
 
     Args:
@@ -176,32 +164,78 @@ def load_hf_source(
     batch = 2 if batch is None else int(batch)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    dtype = PRECISIONS[precision]
     dim_batch = torch.export.Dim("batch", min=1, max=4096)
     if family.name == "vit":
+        if seq_len is not None:
+            raise ValueError(f"seq_len={seq_len}: a ViT's token count is fixed by its image size; it cannot be set")
         size, channels = base.config.image_size, base.config.num_channels
-        example = (image_batch(batch, size, channels, seed=seed).to(PRECISIONS[precision]),)
-        input_names = ["pixel_values"]
-        dynamic = {"pixel_values": {0: dim_batch}}
+
+        def make(b: int | None, s: int | None, sd: int) -> tuple[torch.Tensor, ...]:
+            return (image_batch(batch if b is None else b, size, channels, seed=sd).to(dtype),)
+
+        input_names = ("pixel_values",)
+        dynamic: dict[str, dict[int, Any]] = {"pixel_values": {0: dim_batch}}
+        profile_dims = {"min": (1, None), "opt": (batch, None), "max": (max(batch, 8), None)}
         module_cls: type[_ExportBase] = VisionExport
     else:
         max_pos = int(getattr(base.config, "max_position_embeddings", getattr(base.config, "n_positions", 512)))
         seq_len = 32 if seq_len is None else int(seq_len)
         if not 4 <= seq_len <= max_pos:
             raise ValueError(f"seq_len must be in [4, {max_pos}], got {seq_len}")
-        example = _text_example(model, tokenizer, batch, seq_len, seed)
-        input_names = ["input_ids", "attention_mask"]
+
+        def make(b: int | None, s: int | None, sd: int) -> tuple[torch.Tensor, ...]:
+            return _text_example(model, tokenizer, batch if b is None else b, seq_len if s is None else s, sd)
+
+        input_names = ("input_ids", "attention_mask")
         dim_seq = torch.export.Dim("seq_len", min=4, max=max_pos)
         dynamic = {name: {0: dim_batch, 1: dim_seq} for name in input_names}
+        profile_dims = {"min": (1, 4), "opt": (batch, seq_len), "max": (max(batch, 8), max_pos)}
         module_cls = TextExport
+    example = make(None, None, seed)
+    trace = example if batch >= 2 else make(2, None, seed)
     with torch.no_grad():
         out = model(**dict(zip(input_names, example)))
     output_names = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
     export_module = module_cls(model, output_names, debug_outputs).eval()
-    merge_layers = plan.layers if plan is not None else ()
+    merge_layers = tuple(plan.layers) if plan is not None else ()
     if debug_outputs:
         output_names = output_names + [n for i in range(len(merge_layers)) for n in (f"merge{i}_assign", f"merge{i}_seeds")]
-    return HFLoadedModel(
-        model=model, export_module=export_module, input_names=input_names, output_names=output_names,
-        example_inputs=example, dynamic_shapes=dynamic, family=family.name, schedule=plan,
-        tolerances=dict(TOLERANCES[precision]), merge_layers=tuple(merge_layers), tokenizer=tokenizer,
+
+    def shape_of(name: str, b: int, s: int | None) -> tuple[int, ...]:
+        t = example[input_names.index(name)]
+        return (b, *t.shape[1:]) if s is None else (b, s)
+
+    build_shapes = {
+        name: ShapeProfile(*(shape_of(name, *profile_dims[k]) for k in ("min", "opt", "max"))) for name in input_names
+    }
+    declared = ((None, None),) + tuple(
+        dict.fromkeys(v for k, v in profile_dims.items() if v != (batch, None if family.name == "vit" else seq_len))
+    )
+
+    def tokens_per_layer(*inputs: torch.Tensor) -> list[int]:
+        if family.name == "vit":
+            n = (base.config.image_size // base.config.patch_size) ** 2 + 1
+        else:
+            n = int(inputs[0].shape[1])
+        patch = getattr(base, "quickmerge", None)
+        if patch is None:
+            return [n] * (num_layers + 1)
+        with torch.no_grad(), recording(patch) as rec:
+            model(**dict(zip(input_names, inputs)))
+        after = {layer: int(info["seeds"].shape[1]) + plan.protect for layer, info in rec.merges}
+        counts = []
+        for i in range(num_layers):
+            counts.append(n)
+            n = after.get(i, n)
+        return counts + [n]
+
+    return LoadedModel(
+        model=model, export_module=export_module, input_names=input_names, output_names=tuple(output_names),
+        example_inputs=example, trace_inputs=trace, dynamic_shapes=dynamic, family=family.name, recipe=None,
+        schedule=plan if plan is not None else MergeSchedule(), tolerances=dict(TOLERANCES),
+        merge_layers=merge_layers, precision=precision, export_defaults=ExportDefaults(),
+        build_shapes=build_shapes, tokens_per_layer=tokens_per_layer,
+        sample_inputs=lambda batch=None, seq_len=None, seed=seed: make(batch, seq_len, seed),
+        declared_shapes=declared, tokenizer=tokenizer,
     )

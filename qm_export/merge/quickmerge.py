@@ -105,7 +105,7 @@ def quickmerge(
     s, entropy_range = saliency(
         real, p, attn=inputs.attn, scales=inputs.scales, attn_rows=inputs.attn_rows, sim_temp=cfg.sim_temp,
         high_entropy_salient=cfg.high_entropy_salient, prior=prior,
-        prior_weight=cfg.prior_weight, tokens=x[:, p:], positions=inputs.positions[:, p:],
+        prior_weight=cfg.prior_weight, tokens=x[:, p:],
     )
     noise = gumbel_noise(real.shape, x.device, generator) if training else None
     m = masses(s, real, cfg.tau, cfg.eps, noise)

@@ -113,24 +113,28 @@ def previous_real(real: torch.Tensor) -> torch.Tensor:
     return torch.where(before > 0, prev, torch.full_like(idx, -1))
 
 
-def prior_surprise(
-    prior: PriorFn, tokens: torch.Tensor, real: torch.Tensor, positions: torch.Tensor | None = None
-) -> torch.Tensor:
+def prior_surprise(prior: PriorFn, tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """How badly the prior predicts each real token from the ones before it (spec §3).
 
     Args:
         prior: ``prior(Z, mask) -> (B, N', D)``; ``Z`` has padded rows set to 0.
         tokens: ``(B, N', D)`` mergeable tokens.
         real: ``(B, N')`` bool.
-        positions: ``(B, N')`` position ids, passed to priors with ``accepts_positions = True``.
+
+    A prior with ``accepts_positions = True`` is called as ``prior(Z, mask, rank)`` with each
+    real token's rank among the real tokens as its position id: the positions
+    :func:`~qm_export.merge.prior.symmetric_next_embedding_loss` trains it with (real tokens
+    packed to the front, ``0..n-1``), whatever the padding layout, protected tokens or earlier
+    merges.
 
     Returns:
         ``u`` ``(B, N')`` float32: ``||prior(Z)[i'] - Z[i]||^2`` with ``i'`` the previous real
         token; the first real token gets the largest ``u`` of the other real tokens (0 if none).
     """
     z = torch.where(real.unsqueeze(-1), tokens.float(), torch.zeros((), device=tokens.device))
-    if positions is not None and getattr(prior, "accepts_positions", False):
-        pred = prior(z, real, positions).float()
+    if getattr(prior, "accepts_positions", False):
+        rank = (torch.cumsum(real.long(), 1) - 1).clamp_min(0)
+        pred = prior(z, real, rank).float()
     else:
         pred = prior(z, real).float()
     prev = previous_real(real)
@@ -155,7 +159,6 @@ def saliency(
     prior: PriorFn | None = None,
     prior_weight: float = 0.0,
     tokens: torch.Tensor | None = None,
-    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Saliency ``s`` of every mergeable token.
 
@@ -167,8 +170,7 @@ def saliency(
         attn_rows: ``attention_rows`` of each ``attn`` when already computed (input checks
             compute them, so the attention is read once); None computes them here.
         sim_temp, high_entropy_salient: see :class:`QuickMergeConfig`.
-        prior, prior_weight, tokens, positions: optional prior guidance over ``tokens``
-            ``(B, N', D)`` with position ids ``(B, N')``.
+        prior, prior_weight, tokens: optional prior guidance over ``tokens`` ``(B, N', D)``.
 
     Returns:
         ``s`` ``(B, N')`` float32 in ``[0, 1]`` for real tokens, ``-1`` for padding, and the
@@ -187,7 +189,7 @@ def saliency(
     if prior is not None and prior_weight > 0:
         if tokens is None:
             raise ValueError("prior guidance needs the mergeable tokens (tokens=None)")
-        u_hat, _ = minmax_real(prior_surprise(prior, tokens, real, positions), real)
+        u_hat, _ = minmax_real(prior_surprise(prior, tokens, real), real)
         s = (1.0 - prior_weight) * s + prior_weight * u_hat
     s = torch.where(real, s, torch.full_like(s, -1.0))
     return s, torch.stack(ranges, 0).amin(0)

@@ -186,3 +186,18 @@ def test_cli_failed_export_leaves_no_partial_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+
+
+def test_fitted_prior_of_a_recipe_is_exported_and_matches(tmp_path):
+    prior = tmp_path / "enc-prior.safetensors"
+    res = _run(["fit-prior", "encoder-tiny", "-o", str(prior), "--steps", "5", "--samples", "16"])
+    assert res.exit_code == 0, res.output
+    plain = tmp_path / "plain.onnx"
+    guided = tmp_path / "guided.onnx"
+    assert _run(["convert", "encoder-tiny", "-o", str(plain), "--no-verify"]).exit_code == 0
+    res = _run(["convert", "encoder-tiny", "-o", str(guided), "--prior", str(prior), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["parity"]["ok"] is True and report["prior"]["weight"] == 0.3
+    # The prior (a causal transformer) is part of the graph.
+    assert len(onnx.load(str(guided)).graph.node) > len(onnx.load(str(plain)).graph.node) + 50

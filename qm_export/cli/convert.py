@@ -30,6 +30,10 @@ PRECISIONS = ("fp32", "fp16", "bf16")
               help="plugin: qm nodes with local functions (TensorRT plugins); inline: standard ops only.")
 @click.option("--debug-outputs", is_flag=True, help="Add every merge layer's assign/seeds as graph outputs.")
 @click.option("--no-merge", is_flag=True, help="Export the same model without merge layers (the baseline).")
+@click.option("--prior", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A prior fitted by 'qm-export fit-prior' (safetensors) for the merge layer it names.")
+@click.option("--prior-weight", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Weight of the prior's surprise in saliency [default: 0.3 with --prior].")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check against torch.")
 @click.option("--reference/--no-reference", "use_reference", default=None,
@@ -38,7 +42,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report on stdout.")
 def convert(source: str, output: Path, merge_spec: str | None, batch: int | None, seq_len: int | None,
             static_seq: bool, opset: int | None, precision: str | None, merge_impl: str, debug_outputs: bool,
-            no_merge: bool, force: bool, no_verify: bool, use_reference: bool | None, seed: int,
+            no_merge: bool, prior: Path | None, prior_weight: float | None, force: bool, no_verify: bool, use_reference: bool | None, seed: int,
             as_json: bool) -> None:
     """Export SOURCE (a recipe name or .toml, or a local Hugging Face model folder) to ONNX.
 
@@ -51,11 +55,15 @@ def convert(source: str, output: Path, merge_spec: str | None, batch: int | None
 
     if no_merge and merge_spec:
         raise click.UsageError("--no-merge and --merge exclude each other")
+    if no_merge and prior:
+        raise click.UsageError("--no-merge and --prior exclude each other")
+    if prior_weight is not None and prior is None:
+        raise click.UsageError("--prior-weight needs --prior")
     options = ConvertOptions(
         source=source, output=output, schedule=merge_spec, batch=batch, seq_len=seq_len,
         dynamic_seq=not static_seq, opset=opset, precision=precision, merge_impl=merge_impl,
         debug_outputs=debug_outputs, no_merge=no_merge, force=force, verify=not no_verify,
-        use_reference=use_reference, seed=seed,
+        use_reference=use_reference, seed=seed, prior=prior, prior_weight=prior_weight,
     )
     err = console(stderr=True)
     with fail_on():

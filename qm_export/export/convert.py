@@ -37,6 +37,8 @@ class ConvertOptions:
     verify: bool = True
     use_reference: bool | None = None
     seed: int = 0
+    prior: Path | None = None
+    prior_weight: float | None = None
 
 
 @dataclass
@@ -52,6 +54,7 @@ class ConvertReport:
     schedule: str
     verify: VerifyReport | None = None
     verify_skipped: str | None = None
+    prior: dict[str, Any] | None = None
     shapes_checked: list[dict[str, list[int]]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -66,6 +69,7 @@ class ConvertReport:
             "shapes_checked": self.shapes_checked,
             "parity": None if self.verify is None else self.verify.to_json(),
             "parity_skipped": self.verify_skipped,
+            "prior": self.prior,
         }
 
 
@@ -151,6 +155,7 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
             options.source, schedule=options.schedule, no_merge=options.no_merge,
             precision=options.precision, batch=options.batch, seq_len=options.seq_len,
             debug_outputs=True, seed=options.seed,
+            **({"prior": options.prior, "prior_weight": options.prior_weight} if options.prior else {}),
         )
         if not options.dynamic_seq:
             loaded.dynamic_shapes = _static_seq(loaded.dynamic_shapes)
@@ -181,6 +186,8 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
         tokens_per_layer=list(loaded.tokens_per_layer(*loaded.example_inputs)),
         schedule=metadata["qm_export.schedule"],
     )
+    if options.prior is not None:
+        report.prior = {"path": str(options.prior), "weight": options.prior_weight if options.prior_weight is not None else 0.3}
     _print_export(console, report, exported)
     if options.verify and precision == "bf16":
         report.verify_skipped = (

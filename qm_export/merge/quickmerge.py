@@ -146,7 +146,7 @@ def quickmerge(
         "keep": k,
     }
     if recording_active() and not tracing:
-        _record(cfg, info, g_hat, real, seeds, targets)
+        _record(cfg, info, g_hat, real, seeds, targets, x[:, p:])
     return torch.cat([x[:, :p], merged], 1), info
 
 
@@ -157,6 +157,7 @@ def _record(
     real: torch.Tensor,
     seeds: torch.Tensor,
     targets: torch.Tensor | None,
+    tokens: torch.Tensor,
 ) -> None:
     """Keep the numbers validation judges near-ties on (see :mod:`.recording`)."""
     with torch.no_grad():
@@ -175,6 +176,7 @@ def _record(
                 similarity=torch.matmul(g_hat, targets.transpose(1, 2)).detach(),
                 eligible=eligible,
                 real=real,
+                tokens=tokens.detach(),
             )
         )
 

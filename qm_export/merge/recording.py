@@ -35,6 +35,8 @@ class MergeRecord:
             the final assignment (seed features, or the last refinement's centroids).
         eligible: ``(B, N', K)`` bool, which groups each token may join.
         real: ``(B, N')`` bool.
+        tokens: ``(B, N', D)`` the mergeable tokens the merge received (what a prior for this
+            layer reads; used by ``qm-export fit-prior``).
     """
 
     config: QuickMergeConfig
@@ -45,6 +47,7 @@ class MergeRecord:
     similarity: torch.Tensor
     eligible: torch.Tensor
     real: torch.Tensor
+    tokens: torch.Tensor | None = None
 
 
 def recording_active() -> bool:

@@ -136,6 +136,8 @@ def load_source(
     seq_len: int | None = None,
     debug_outputs: bool = False,
     seed: int = 0,
+    prior: str | Path | None = None,
+    prior_weight: float | None = None,
 ) -> LoadedModel:
     """Load ``source`` as a :class:`LoadedModel`.
 
@@ -150,6 +152,8 @@ def load_source(
         batch, seq_len: example input batch size / sequence length (default: the recipe's).
         debug_outputs: append every merge's ``assign`` and ``seeds`` to the outputs.
         seed: seed of the random init and of the example inputs.
+        prior: a prior fitted by ``qm-export fit-prior`` (safetensors; its metadata names the
+            merge layer it was fitted for), used with ``prior_weight`` (default 0.3) there.
 
     Raises:
         ValueError / TypeError naming the argument and value.
@@ -164,8 +168,14 @@ def load_source(
         raise TypeError(f"seed must be an int, got {seed!r}")
     if no_merge and schedule is not None:
         raise ValueError("no_merge=True builds the model without merges; do not also pass a schedule")
+    if prior is not None and no_merge:
+        raise ValueError("no_merge=True builds the model without merges; a prior has nothing to guide")
+    if prior_weight is not None and prior is None:
+        raise ValueError(f"prior_weight={prior_weight!r} needs a prior (pass prior=PATH)")
     options = dict(schedule=schedule, no_merge=no_merge, precision=precision, batch=batch,
                    seq_len=seq_len, debug_outputs=debug_outputs, seed=int(seed))
+    if prior is not None:
+        options.update(prior=prior, prior_weight=prior_weight)
     for predicate, loader in _LOADERS:
         if predicate(source):
             return loader(source, **options)
@@ -225,6 +235,29 @@ def _dynamic_shapes(recipe: Recipe, shapes: Mapping[str, tuple[int, ...]], seq_l
     return tuple({axis: dims[n] for n, axis in spec.dynamic.items()} for spec in recipe.inputs.values())
 
 
+#: ``prior_weight`` used with a fitted prior when none is given.
+DEFAULT_PRIOR_WEIGHT = 0.3
+
+
+def _attach_fitted_prior(model: nn.Module, path: str | Path) -> None:
+    """Put the prior at ``path`` in the merge layer it was fitted for; the model's other merge
+    layers run without prior guidance."""
+    from ..priors.io import load_prior, read_prior_metadata
+
+    layer = read_prior_metadata(path).get("layer")
+    if not isinstance(layer, int):
+        raise ValueError(f"prior {str(path)!r} does not say which merge layer it was fitted for (metadata 'layer')")
+    if layer not in model.merge_layers:
+        raise ValueError(f"prior {str(path)!r} was fitted for layer {layer}, which does not merge "
+                         f"(merge layers: {list(model.merge_layers)})")
+    fitted = load_prior(path)
+    dim = model.stack.blocks[0].attn_dim if hasattr(model.stack.blocks[0], "attn_dim") else None
+    expected = getattr(next(iter(model.stack.priors.values()), None), "dim", dim)
+    if expected is not None and fitted.dim != expected:
+        raise ValueError(f"prior {str(path)!r} predicts {fitted.dim}-dim tokens, the model's width is {expected}")
+    model.stack.priors = nn.ModuleDict({str(layer): fitted.to(next(model.parameters()).dtype)})
+
+
 def _declared_shapes(recipe: Recipe, shapes: Mapping[str, tuple[int, ...]], seq_limit: int | None,
                      dynamic_sequence: bool) -> tuple[tuple[int | None, int | None], ...]:
     """The example's shape, then the build profile's min/opt/max, as ``(batch, seq_len)``."""
@@ -246,16 +279,22 @@ def _declared_shapes(recipe: Recipe, shapes: Mapping[str, tuple[int, ...]], seq_
 def recipe_source(
     recipe: Recipe, *, schedule: Any = None, no_merge: bool = False, precision: str | None = None,
     batch: int | None = None, seq_len: int | None = None, debug_outputs: bool = False, seed: int = 0,
+    prior: str | Path | None = None, prior_weight: float | None = None,
 ) -> LoadedModel:
     """Build the :class:`LoadedModel` of a recipe (see :func:`load_source` for the options)."""
     cls = family_class(recipe.family)
     config = cls.config_class.from_mapping(recipe.config, where=f"recipe {recipe.path}: model.config")
     spec = None if no_merge else (recipe.merge.schedule if schedule is None else schedule)
+    merge_options = recipe.merge_options()
+    if prior is not None:
+        merge_options["prior_weight"] = DEFAULT_PRIOR_WEIGHT if prior_weight is None else prior_weight
     try:
-        model = cls(config, spec, merge_options=recipe.merge_options(), prior_config=recipe.merge.prior, seed=seed)
+        model = cls(config, spec, merge_options=merge_options, prior_config=recipe.merge.prior, seed=seed)
     except (TypeError, ValueError) as err:
         where = "schedule" if schedule is not None else f"recipe {recipe.path}: key 'merge'"
         raise type(err)(f"{where}: {err}") from None
+    if prior is not None:
+        _attach_fitted_prior(model, prior)
     precision = precision or recipe.export.precision
     dtype = DTYPES[precision]
     model = model.to(dtype).eval()

@@ -165,6 +165,8 @@ class MergingStack(nn.Module):
                     history = push_history(history, scale_feature(saliency, a.probs, h), scales)
             else:
                 prior = self.priors[str(layer)] if str(layer) in self.priors else None
+                if prior is None and cfg.prior_weight > 0:  # a layer without a (fitted) prior
+                    cfg = cfg.replace(prior_weight=0.0)
                 h, state, info, history = merge_step(
                     h, state, cfg, saliency=saliency, probs=a.probs, metric=a.metric,
                     history=history, scales=scales, prior=prior,

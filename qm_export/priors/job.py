@@ -3,9 +3,9 @@ inputs, capture the merge layer's hidden states, train, and describe the result.
 
 Sources: a Hugging Face model folder (text models read ``pydoc_data`` text tokenised with the
 folder's tokenizer, or a deterministic hash tokenisation when it has none; vision models read
-scikit-learn digits). Recipe names go through ``qm_export.models.load_source`` when that
-exists; its ``LoadedModel`` must then offer ``capture_merge_inputs(batches, layer)`` and
-``sample_batches(count, seed)`` (see docs/adapters.md).
+scikit-learn digits), or a recipe (``qm_export.models.load_source``: text families read
+``pydoc_data`` hashed into their vocabulary, vision and video families their seeded sample
+inputs; the merge layer's input is captured with ``record_merges``).
 """
 
 from __future__ import annotations
@@ -62,27 +62,68 @@ def open_prior_source(
     path = Path(source)
     if path.is_dir():
         return _hf_source(path, layer=layer, schedule=schedule, samples=samples, seed=seed, batch_size=batch_size)
-    try:
-        from ..models import load_source  # provided by the reference-models branch
-    except ImportError:
-        raise ValueError(
-            f"{source!r} is not a model folder, and recipe sources need qm_export.models.load_source, "
-            "which this installation does not have"
-        ) from None
-    loaded = load_source(source) if schedule is None else load_source(source, schedule=schedule)
-    capture = getattr(loaded, "capture_merge_inputs", None)
-    sampler = getattr(loaded, "sample_batches", None)
-    if capture is None or sampler is None:
-        raise ValueError(f"recipe {source!r}: its loaded model offers no capture_merge_inputs()/sample_batches(); fit-prior cannot read its merge layers")
-    layers = tuple(getattr(loaded, "merge_layers", ()) or ())
-    chosen = layer if layer is not None else (layers[0] if layers else None)
-    if chosen is None:
+    return _recipe_source(source, layer=layer, schedule=schedule, samples=samples, seed=seed, batch_size=batch_size)
+
+
+def _recipe_batches(loaded: Any, *, count: int, batch_size: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """Text families: ``pydoc_data`` chunks hashed into the model's vocabulary; the others:
+    the family's seeded sample inputs (random images / clips)."""
+    names = list(loaded.input_names)
+    if names == ["input_ids", "attention_mask"]:
+        config = loaded.model.config
+        tok = hash_tokenizer(config.vocab_size)
+        limit = int(getattr(config, "max_positions", 256))
+        chunks = text_chunks(pydoc_documents(), tok, min_tokens=min(16, limit), max_tokens=limit, seed=seed)
+        random.Random(seed).shuffle(chunks)
+        chunks = sorted(chunks[:count], key=len)
+        return [collate_chunks(chunks[i : i + batch_size], tok.pad_id) for i in range(0, len(chunks), batch_size)]
+    batches = []
+    for i in range(0, count, batch_size):
+        inputs = loaded.sample_inputs(batch=min(batch_size, count - i), seed=seed + i)
+        batches.append(dict(zip(names, inputs)))
+    return batches
+
+
+def _recipe_capture(loaded: Any) -> Callable[[list[dict[str, torch.Tensor]], int], list[torch.Tensor]]:
+    """Capture the mergeable real tokens a reference model's merge at ``layer`` receives."""
+    from ..merge.recording import record_merges
+
+    def capture(batches: list[dict[str, torch.Tensor]], layer: int) -> list[torch.Tensor]:
+        index = list(loaded.merge_layers).index(layer)
+        sequences = []
+        for batch in batches:
+            with torch.no_grad(), record_merges() as records:
+                loaded.export_module(*(batch[n] for n in loaded.input_names))
+            rec = records[index]
+            for b in range(rec.tokens.shape[0]):
+                seq = rec.tokens[b][rec.real[b]].float().cpu()
+                if seq.shape[0] >= 2:
+                    sequences.append(seq)
+        return sequences
+
+    return capture
+
+
+def _recipe_source(source: str, *, layer: int | None, schedule: str | None, samples: int, seed: int,
+                   batch_size: int) -> PriorSource:
+    from ..models import load_source
+
+    if layer is not None and schedule is None:
+        schedule = f"{layer}:0.5"
+    loaded = load_source(source, schedule=schedule)
+    layers = tuple(loaded.merge_layers)
+    if not layers:
         raise ValueError(f"recipe {source!r} has no merge layer; pass --layer")
-    recipe_path = getattr(getattr(loaded, "recipe", None), "path", None)
-    folder = Path(recipe_path).parent if recipe_path else Path.cwd()
+    chosen = layers[0] if layer is None else layer
+    if chosen not in layers:
+        raise ValueError(f"--layer {chosen} is not a merge layer of {source!r} (merge layers: {list(layers)}); "
+                         f"pass a schedule that merges there")
+    # Next to a recipe file the user gave; in the working folder for a shipped recipe name.
+    folder = Path(source).parent if str(source).endswith(".toml") else Path.cwd()
     return PriorSource(
-        description=f"recipe {source}", layer=chosen, schedule=str(getattr(loaded.schedule, "describe", lambda: "")()),
-        batches=list(sampler(samples, seed)), capture=capture,
+        description=f"recipe {source}", layer=chosen, schedule=loaded.schedule.describe(),
+        batches=_recipe_batches(loaded, count=samples, batch_size=batch_size, seed=seed),
+        capture=_recipe_capture(loaded),
         default_output=folder / f"{Path(source).stem}-prior-layer{chosen}.safetensors",
     )
 

@@ -138,6 +138,8 @@ def load_hf_source(
     seq_len: int | None = None,
     debug_outputs: bool = False,
     seed: int = 0,
+    prior: str | Path | None = None,
+    prior_weight: float | None = None,
 ) -> LoadedModel:
     """Load a local Hugging Face model folder, patch it, and describe it for export.
 
@@ -151,6 +153,8 @@ def load_hf_source(
         debug_outputs: also return ``merge{i}_assign`` ``(B, N_i)`` and ``merge{i}_seeds``
             ``(B, K_i)`` of every merge layer.
         seed: seed of the example inputs.
+        prior, prior_weight: a prior fitted by ``qm-export fit-prior`` for one merge layer
+            (named in its metadata) and its weight (default 0.3).
     """
     from ...priors.samples import image_batch
 
@@ -159,7 +163,17 @@ def load_hf_source(
     num_layers = len(family.layers(base))
     plan = None
     if not no_merge:
-        apply_quickmerge(model, default_schedule(num_layers) if schedule is None else schedule)
+        options: dict[str, Any] = {}
+        if prior is not None:
+            from ...priors.io import read_prior_metadata
+
+            layer = read_prior_metadata(prior).get("layer")
+            if not isinstance(layer, int):
+                raise ValueError(f"prior {str(prior)!r} does not say which merge layer it was fitted for (metadata 'layer')")
+            options["prior"] = {layer: prior}
+            if prior_weight is not None:
+                options["prior_weight"] = prior_weight
+        apply_quickmerge(model, default_schedule(num_layers) if schedule is None else schedule, **options)
         plan = base.quickmerge.plan
     batch = 2 if batch is None else int(batch)
     if batch < 1:

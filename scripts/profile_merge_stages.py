@@ -20,7 +20,7 @@ from rich.table import Table
 
 from qm_export.merge import QuickMergeConfig, bipartite_merge, ops, quickmerge
 from qm_export.merge.assign import assign_to_seeds
-from qm_export.merge.ops_reference import group_sum_reference
+from qm_export.merge.ops import group_sum
 from qm_export.merge.saliency import normalise, saliency
 from qm_export.merge.select import masses, select_seeds
 from qm_export.merge.validate import check_inputs
@@ -56,7 +56,7 @@ def run_stages(x: torch.Tensor, attn: torch.Tensor | None, cfg: QuickMergeConfig
     order, offsets = ops.group_index(assign, seeds)
     sizes = inputs.sizes[:, p:]
     merged = ops.merge(x[:, p:], torch.where(real, m * sizes, torch.zeros_like(m)), order, offsets)
-    group_sum_reference(torch.where(real, sizes, torch.zeros_like(sizes)), order, offsets)
+    group_sum(sizes, real, order, offsets)
     tick("group + merge")
     out = torch.cat([x[:, :p], merged], 1)
     tick("outputs")

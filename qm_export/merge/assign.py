@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import ops
+from .ops import is_exporting
 from .indexing import batch_gather, first_argmax, may_overwrite
 from .saliency import normalise
 
@@ -79,9 +80,18 @@ def assign_to_seeds(
     seed_feat = batch_gather(g_hat, seeds)
     other_feat = batch_gather(g_hat, others)
     sim = torch.matmul(other_feat, seed_feat.transpose(1, 2))  # (B, N'-K, K)
-    elig = eligibility(others, torch.gather(real, 1, others), seeds, torch.gather(real, 1, seeds), causal)
-    group = _best_eligible(sim, elig)
+    if _all_eligible(real, causal):
+        group = first_argmax(sim)
+    else:
+        elig = eligibility(others, torch.gather(real, 1, others), seeds, torch.gather(real, 1, seeds), causal)
+        group = _best_eligible(sim, elig)
     return _scatter_groups(real.shape[1], seeds, others, group)
+
+
+def _all_eligible(real: torch.Tensor, causal: bool) -> bool:
+    """Eager shortcut: in global mode without padding every token may join every seed, so the
+    eligibility mask is all True and can be skipped (export always builds it)."""
+    return not causal and not is_exporting() and bool(real.all())
 
 
 def refine(

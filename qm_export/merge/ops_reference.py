@@ -72,20 +72,21 @@ def token_merge_reference(
     """
     batch, n, dim = x.shape
     k = offsets.shape[1] - 1
-    idx = order.long()
-    w = torch.gather(weight.float(), 1, idx)
-    xs = torch.gather(x, 1, idx.unsqueeze(-1).expand(batch, n, dim)).float()
-    read = (w > 0).unsqueeze(-1)
-    contrib = torch.where(read, xs * w.unsqueeze(-1), torch.zeros((), dtype=torch.float32, device=x.device))
-    group = group_of_sorted(offsets, n)
+    # Group of every token in its original position (order is a permutation: a plain scatter).
+    group = torch.empty(batch, n, dtype=torch.int64, device=x.device)
+    group.scatter_(1, order.long(), group_of_sorted(offsets, n))
+    w = weight.float()
+    read = w > 0
+    # Rows with weight 0 are not read: their products are replaced, never multiplied (NaN-safe).
+    contrib = (x.float() * w.unsqueeze(-1)).masked_fill_(~read.unsqueeze(-1), 0.0)
+    # scatter_add visits tokens in index order: each group sums its members in index order.
     num = torch.zeros(batch, k, dim, dtype=torch.float32, device=x.device)
     num.scatter_add_(1, group.unsqueeze(-1).expand(batch, n, dim), contrib)
     den = torch.zeros(batch, k, dtype=torch.float32, device=x.device)
-    den.scatter_add_(1, group, torch.where(w > 0, w, torch.zeros_like(w)))
+    den.scatter_add_(1, group, w.masked_fill(~read, 0.0))
     den = den.unsqueeze(-1)
-    safe = torch.where(den > 0, den, torch.ones_like(den))
-    out = torch.where(den > 0, num / safe, torch.zeros_like(num))
-    return out.to(x.dtype)
+    out = num.div_(torch.where(den > 0, den, torch.ones_like(den)))
+    return out.masked_fill_(~(den > 0), 0.0).to(x.dtype)
 
 
 def token_unmerge_reference(y: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:

@@ -80,8 +80,8 @@ def test_trt_preflight_passes_our_exports(exported_pair):
     _, pair = exported_pair
     for impl in ("plugin", "inline"):
         report = check_onnx_file(pair[impl].path, parse_trt_version("10.13"))
-        errors = [f for f in report.findings if f.severity == "error"]
-        assert not errors, [(f.rule, f.node, f.message) for f in errors]
+        problems = [f for f in report.findings if f.severity in ("error", "warning")]
+        assert not problems, [(f.rule, f.node, f.message) for f in problems]
 
 
 def test_debug_outputs_equal_torch_assign_and_seeds(tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from .ops import is_exporting
 
-__all__ = ["stable_partition", "stable_rank_descending", "first_argmax", "batch_gather", "may_overwrite"]
+__all__ = ["running_count", "stable_partition", "stable_rank_descending", "first_argmax", "batch_gather", "may_overwrite"]
 
 
 def may_overwrite(*tensors: torch.Tensor) -> bool:
@@ -25,6 +25,16 @@ def may_overwrite(*tensors: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
+def running_count(flag: torch.Tensor) -> torch.Tensor:
+    """How many entries of ``flag`` ``(B, N)`` (bool or 0/1 ints) are True at or before each
+    index; ``(B, N)`` int64.
+
+    The cumsum runs in float32 (exact below 2**24 tokens) because TensorRT's ``CumSum`` takes
+    float inputs only.
+    """
+    return torch.cumsum(flag.to(torch.float32), 1).to(torch.int64)
+
+
 def stable_partition(flag: torch.Tensor) -> torch.Tensor:
     """Permutation listing the True entries of ``flag`` ``(B, N)`` first, then the False ones.
 
@@ -36,7 +46,7 @@ def stable_partition(flag: torch.Tensor) -> torch.Tensor:
     f = flag.long()
     n = flag.shape[1]
     idx = torch.arange(n, device=flag.device).unsqueeze(0).expand_as(f)
-    true_upto = torch.cumsum(f, 1)  # True entries at or before i
+    true_upto = running_count(flag)  # True entries at or before i
     n_true = true_upto[:, -1:]
     slot = torch.where(flag, true_upto - 1, n_true + idx - true_upto)
     return torch.empty_like(idx).scatter(1, slot, idx)

@@ -156,8 +156,9 @@ def group_sum(
     """
     ones = torch.where(real, torch.ones((), device=values.device), torch.zeros((), device=values.device))
     mean = merge(values.float().unsqueeze(-1), ones, order, offsets).squeeze(-1)
-    real_sorted = torch.gather(real.to(torch.int32), 1, order.long())
-    csum = torch.cumsum(real_sorted, 1, dtype=torch.int32)
+    from .indexing import running_count  # indexing imports this module
+
+    csum = running_count(torch.gather(real, 1, order.long()))
     csum = torch.cat([torch.zeros_like(csum[:, :1]), csum], 1)
     off = offsets.long()
     count = torch.gather(csum, 1, off[:, 1:]) - torch.gather(csum, 1, off[:, :-1])

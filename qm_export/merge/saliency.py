@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from .indexing import may_overwrite, stable_partition
+from .indexing import may_overwrite, running_count, stable_partition
 
 __all__ = [
     "attention_entropy",
@@ -107,7 +107,7 @@ def previous_real(real: torch.Tensor) -> torch.Tensor:
     """
     n = real.shape[1]
     idx = torch.arange(n, device=real.device).unsqueeze(0).expand_as(real)
-    before = torch.cumsum(real.long(), 1) - real.long()  # real tokens strictly before i
+    before = running_count(real) - real.long()  # real tokens strictly before i
     compact = stable_partition(real)  # real indices first, in index order
     prev = torch.gather(compact, 1, (before - 1).clamp_min(0))
     return torch.where(before > 0, prev, torch.full_like(idx, -1))
@@ -133,7 +133,7 @@ def prior_surprise(prior: PriorFn, tokens: torch.Tensor, real: torch.Tensor) -> 
     """
     z = torch.where(real.unsqueeze(-1), tokens.float(), torch.zeros((), device=tokens.device))
     if getattr(prior, "accepts_positions", False):
-        rank = (torch.cumsum(real.long(), 1) - 1).clamp_min(0)
+        rank = (running_count(real) - 1).clamp_min(0)
         pred = prior(z, real, rank).float()
     else:
         pred = prior(z, real).float()

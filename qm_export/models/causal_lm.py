@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..merge.indexing import running_count
 from ..merge.indexing import batch_gather
 from ..merge.ops import is_exporting
 from .base import KVCache, MergingModel, ModelOutput
@@ -53,7 +54,7 @@ def cache_output_names(depth: int) -> tuple[str, ...]:
 
 def text_positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids ``(B, N)`` int64 counting real tokens (``0`` on leading padding)."""
-    return (torch.cumsum(mask.long(), 1) - 1).clamp_min(0)
+    return (running_count(mask) - 1).clamp_min(0)
 
 
 class CausalLM(MergingModel):

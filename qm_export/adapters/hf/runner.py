@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ...merge.indexing import running_count
 from ...merge.quickmerge import MergeInfo
 from ...models.merging import TokenState, unmerge_to_input
 from ...models.schedule import MergeSchedule
@@ -39,7 +40,7 @@ class RankPositions(nn.Module):
         self.prior = prior
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        rank = (torch.cumsum(mask.long(), 1) - 1).clamp_min(0)
+        rank = (running_count(mask) - 1).clamp_min(0)
         if getattr(self.prior, "accepts_positions", False):
             return self.prior(z, mask, rank)
         return self.prior(z, mask)

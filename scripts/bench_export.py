@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table on stdout")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     args = ap.parse_args(argv)
+    if args.json is not None and args.json.exists() and not args.force:
+        ap.error(f"--json {str(args.json)!r} exists; pass --force to overwrite it")
     console = Console(stderr=True)
     torch.manual_seed(0)
     rows = []
@@ -113,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {r['recipe']} | {r['variant']} | `{r['schedule']}` | {r['mean_tokens']:.0f} | {r['export_s']:.1f} | "
                   f"{r['file_mb']:.1f} | {r['ort_ms_median']:.1f} | {r['ort_ms_min']:.1f} | {r['speedup_vs_unmerged']:.2f}x |")
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        tmp = args.json.with_name(f".{args.json.name}.tmp")
+        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        os.replace(tmp, args.json)
     return 0
 
 

@@ -201,3 +201,23 @@ def test_fitted_prior_of_a_recipe_is_exported_and_matches(tmp_path):
     assert report["parity"]["ok"] is True and report["prior"]["weight"] == 0.3
     # The prior (a causal transformer) is part of the graph.
     assert len(onnx.load(str(guided)).graph.node) > len(onnx.load(str(plain)).graph.node) + 50
+
+
+def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):
+    import qm_export.export.onnx_export as onnx_export
+
+    # Pretend the tiny model is over the 2 GB protobuf limit: weights go to OUT.onnx.data.
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
+    loaded = load_source("vit-tiny", debug_outputs=True)
+    ex = export_onnx(loaded, tmp_path / "big.onnx")
+    try:
+        data = tmp_path / "big.onnx.data"
+        assert ex.external_data and data.is_file() and data.stat().st_size > 0
+        proto = onnx.load(str(tmp_path / "big.onnx"), load_external_data=False)
+        assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+        onnx.checker.check_model(str(tmp_path / "big.onnx"), full_check=True)
+        report = verify_export(loaded, ex, [loaded.example_inputs], [OrtRunner], atol=1e-4)
+        assert report.ok and report.saved_matches_debug is True
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    finally:
+        ex.cleanup()

@@ -8,15 +8,12 @@ most redundant tokens of all families, which is where merging pays most.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from ..merge.ops import is_exporting
-from .base import MergingModel, ModelOutput, TransformerConfig
-from .vit import POOLS, check_pixels, classifier_output, patch_tokens
+from .base import TransformerConfig
+from .vit import POOLS, ViT
 
 __all__ = ["VideoConfig", "VideoTransformer", "SIZES"]
 
@@ -58,43 +55,20 @@ SIZES = {
 }
 
 
-class VideoTransformer(MergingModel):
-    """Clip classifier; input ``pixel_values`` ``(B, C, T, S, S)``, output ``logits`` ``(B, classes)``."""
+class VideoTransformer(ViT):
+    """Clip classifier; input ``pixel_values`` ``(B, C, T, S, S)``, output ``logits`` ``(B, classes)``.
+
+    A :class:`~qm_export.models.vit.ViT` whose patch embedding is a ``Conv3d`` over tubelets.
+    """
 
     family = "video"
     config_class = VideoConfig
-    protect = 1
-    mode = "global"
-    norm_first = True
-    input_names = ("pixel_values",)
-    dynamic_sequence = False
 
-    def _build(self) -> None:
+    def _patch_embedding(self) -> nn.Module:
         c = self.config
         kernel = (c.tubelet, c.patch_size, c.patch_size)
-        self.patch_embed = nn.Conv3d(c.channels, c.dim, kernel_size=kernel, stride=kernel)
-        self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, c.dim))
-        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, c.num_patches + 1, c.dim))
+        return nn.Conv3d(c.channels, c.dim, kernel_size=kernel, stride=kernel)
 
-    def _build_head(self) -> None:
+    def _pixel_shape(self) -> tuple[tuple[int, ...], str]:
         c = self.config
-        self.norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
-        self.head = nn.Linear(c.dim, c.num_classes)
-
-    def forward(
-        self, pixel_values: torch.Tensor, *, generator: torch.Generator | None = None,
-        output_attentions: bool = False,
-    ) -> ModelOutput:
-        """Classify ``pixel_values`` ``(B, C, T, S, S)``; outputs ``logits`` and ``pooled``."""
-        c = self.config
-        if not is_exporting():
-            check_pixels(pixel_values, (c.channels, c.frames, c.image_size, c.image_size),
-                         "(channels, frames, image_size, image_size)")
-        tokens = patch_tokens(self.patch_embed, pixel_values.to(self.patch_embed.weight.dtype))
-        return classifier_output(self, tokens, generator, output_attentions)
-
-    def output_names(self) -> tuple[str, ...]:
-        return ("logits",)
-
-    def example_inputs(self, shapes: Mapping[str, tuple[int, ...]], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        return (torch.randn(shapes["pixel_values"], generator=generator),)
+        return (c.channels, c.frames, c.image_size, c.image_size), "(channels, frames, image_size, image_size)"

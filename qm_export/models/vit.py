@@ -110,9 +110,18 @@ class ViT(MergingModel):
     input_names = ("pixel_values",)
     dynamic_sequence = False
 
+    def _patch_embedding(self) -> nn.Module:
+        c = self.config
+        return nn.Conv2d(c.channels, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+
+    def _pixel_shape(self) -> tuple[tuple[int, ...], str]:
+        """The expected ``pixel_values`` shape after the batch axis, and how to name it."""
+        c = self.config
+        return (c.channels, c.image_size, c.image_size), "(channels, image_size, image_size)"
+
     def _build(self) -> None:
         c = self.config
-        self.patch_embed = nn.Conv2d(c.channels, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self.patch_embed = self._patch_embedding()
         self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, c.dim))
         self.pos_embed = nn.Parameter(0.02 * torch.randn(1, c.num_patches + 1, c.dim))
 
@@ -125,10 +134,10 @@ class ViT(MergingModel):
         self, pixel_values: torch.Tensor, *, generator: torch.Generator | None = None,
         output_attentions: bool = False,
     ) -> ModelOutput:
-        """Classify ``pixel_values`` ``(B, C, S, S)``; outputs ``logits`` and ``pooled`` ``(B, D)``."""
-        c = self.config
+        """Classify ``pixel_values`` ``(B, C, S, S)`` (``(B, C, T, S, S)`` for video); outputs
+        ``logits`` and ``pooled`` ``(B, D)``."""
         if not is_exporting():
-            check_pixels(pixel_values, (c.channels, c.image_size, c.image_size), "(channels, image_size, image_size)")
+            check_pixels(pixel_values, *self._pixel_shape())
         tokens = patch_tokens(self.patch_embed, pixel_values.to(self.patch_embed.weight.dtype))
         return classifier_output(self, tokens, generator, output_attentions)
 

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..merge.indexing import running_count
-from ..merge.indexing import batch_gather
+from ..merge.indexing import batch_gather, running_count
 from ..merge.ops import is_exporting
 from .base import KVCache, MergingModel, ModelOutput
+from .layers import token_and_position_embeddings
 from .encoder import EncoderConfig, check_text_inputs, example_text_inputs
 from .merging import TokenState
 
@@ -71,10 +71,7 @@ class CausalLM(MergingModel):
 
     def _build(self) -> None:
         c = self.config
-        self.tok_embed = nn.Embedding(c.vocab_size, c.dim)
-        self.pos_embed = nn.Embedding(c.max_positions, c.dim)
-        for table in (self.tok_embed, self.pos_embed):  # BERT / GPT-2 initializer_range
-            nn.init.normal_(table.weight, std=0.02)
+        self.tok_embed, self.pos_embed = token_and_position_embeddings(c.vocab_size, c.max_positions, c.dim)
 
     def _build_head(self) -> None:
         self.norm = nn.LayerNorm(self.config.dim, eps=self.config.layer_norm_eps)

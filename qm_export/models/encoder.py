@@ -18,6 +18,7 @@ from torch import nn
 
 from ..merge.ops import is_exporting
 from .base import MergingModel, ModelOutput, TransformerConfig
+from .layers import token_and_position_embeddings
 from .merging import TokenState, unmerge_to_input
 from .vit import size_weighted_mean
 
@@ -98,10 +99,7 @@ class TextEncoder(MergingModel):
 
     def _build(self) -> None:
         c = self.config
-        self.tok_embed = nn.Embedding(c.vocab_size, c.dim)
-        self.pos_embed = nn.Embedding(c.max_positions, c.dim)
-        for table in (self.tok_embed, self.pos_embed):  # BERT / GPT-2 initializer_range
-            nn.init.normal_(table.weight, std=0.02)
+        self.tok_embed, self.pos_embed = token_and_position_embeddings(c.vocab_size, c.max_positions, c.dim)
         self.embed_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
 
     def _build_head(self) -> None:

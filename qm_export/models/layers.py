@@ -168,3 +168,12 @@ class Block(nn.Module):
         if self.norm_first:
             return h + self.mlp(self.norm2(h))
         return self.norm2(h + self.mlp(h))
+
+
+def token_and_position_embeddings(vocab_size: int, max_positions: int, dim: int) -> tuple[nn.Embedding, nn.Embedding]:
+    """Token and learned position tables for the text families, initialised as BERT / GPT-2 do
+    (normal, std 0.02)."""
+    tables = nn.Embedding(vocab_size, dim), nn.Embedding(max_positions, dim)
+    for table in tables:
+        nn.init.normal_(table.weight, std=0.02)
+    return tables

@@ -129,6 +129,60 @@ def test_merge_equals_reference(b, n, k, d, dtype):
     torch.testing.assert_close(out.float().cpu(), ref.float().cpu(), **_tol(dtype))
 
 
+# The awkward sizes, one dtype each (the interpreter takes seconds per case):
+# N = 577 / 1025 with ViT-L / ViT-H widths, D = 1100 spans two BLOCK_D slices (the second
+# partly masked) and ROWS = 4 in the unmerge gather.
+LARGE = [
+    ((1, 577, 193, 768), torch.float16),
+    ((1, 1025, 342, 1024), torch.bfloat16),
+    ((2, 37, 13, 1100), torch.float32),
+]
+
+
+@pytest.mark.parametrize("shape,dtype", LARGE, ids=lambda v: str(v))
+def test_merge_and_unmerge_at_wide_and_long_shapes(shape, dtype):
+    b, n, k, d = shape
+    g = _gen(n + d)
+    a = _assign(b, n, k, seed=d, skip_last=True)
+    x = torch.randn(b, n, d, generator=g).to(dtype).to(DEVICE)
+    w = (torch.rand(b, n, generator=g) + 0.05).to(DEVICE)
+    order, offsets = token_group_index(a, k)
+    ref_order, ref_offsets = token_group_index_reference(a, k)
+    assert torch.equal(order.cpu(), ref_order.cpu()) and torch.equal(offsets.cpu(), ref_offsets.cpu())
+    merged = torch.full((b, k, d), float("nan"), dtype=dtype, device=DEVICE)
+    launch_token_merge(x, w, order, offsets, merged)
+    torch.testing.assert_close(
+        merged.float().cpu(), token_merge_reference(x, w, order, offsets).float().cpu(), **_tol(dtype)
+    )
+    assert torch.equal(merged[:, k - 1].float().cpu(), torch.zeros(b, d))  # the empty group
+    restored = torch.full((b, n, d), float("nan"), dtype=dtype, device=DEVICE)
+    launch_token_unmerge(merged, a.to(torch.int32), restored)
+    assert torch.equal(restored.cpu(), token_unmerge_reference(merged, a).cpu())
+
+
+def test_group_index_with_long_rows_uses_128_wide_tiles():
+    from qm_export.kernels.config import group_index_config
+
+    b, n, k = 1, 4096, 1366
+    assert group_index_config(b, n, k).constexprs["BLOCK"] == 128
+    a = _assign(b, n, k, seed=4096, skip_last=True)
+    order, offsets = token_group_index(a, k)
+    ref_order, ref_offsets = token_group_index_reference(a, k)
+    assert torch.equal(order.cpu(), ref_order.cpu()) and torch.equal(offsets.cpu(), ref_offsets.cpu())
+
+
+def test_merge_of_one_group_holding_every_token():
+    # K = 1 over N = 2048: one program walks 2048 members, UNROLL at a time.
+    b, n, d = 1, 2048, 3
+    g = _gen(2048)
+    x = torch.randn(b, n, d, generator=g, dtype=torch.float64)
+    w = torch.rand(b, n, generator=g) + 0.1
+    a = torch.zeros(b, n, dtype=torch.int64, device=DEVICE)
+    merged = merge_groups(x.float().to(DEVICE), a, w.to(DEVICE), 1)
+    exact = (x * w[..., None].double()).sum(1) / w.double().sum(1, keepdim=True)
+    torch.testing.assert_close(merged[:, 0].double().cpu(), exact, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_merge_empty_and_weightless_groups_give_zeros_and_nan_never_leaks(dtype):
     b, n, k, d = 2, 23, 6, 5

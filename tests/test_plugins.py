@@ -71,13 +71,32 @@ def test_output_shapes_and_scalars_from_input_shapes():
 def test_grids_cover_the_work():
     cfg = qp.launch_config("TokenGroupIndex", [(4, 197), (4, 66)])
     block = cfg.constexprs["BLOCK"]
-    assert cfg.grid == (-(-197 // block) - (-67 // block), 4, 1)
+    assert cfg.grid == ((-(-197 // block) - (-67 // block)) * 4, 1, 1)
     cfg = qp.launch_config("TokenMerge", [(4, 197, 768), (4, 197), (4, 197), (4, 67)])
     assert cfg.grid[0] == 4 * 66 and cfg.grid[1] * cfg.constexprs["BLOCK_D"] >= 768 and cfg.grid[2] == 1
     cfg = qp.launch_config("TokenUnmerge", [(4, 66, 768), (4, 197)])
     rows, block_d = cfg.constexprs["ROWS"], cfg.constexprs["BLOCK_D"]
-    assert cfg.grid[0] * rows >= 197 and cfg.grid[1] == 4 and cfg.grid[2] * block_d >= 768
+    assert cfg.grid[0] == 4 * -(-197 // rows) and cfg.grid[1] * block_d >= 768 and cfg.grid[2] == 1
     assert all(v & (v - 1) == 0 for v in (block, rows, block_d))  # tl.arange needs powers of two
+
+
+@pytest.mark.parametrize("b", [1, 65535, 65536, 1_000_000])
+def test_grids_fold_the_batch_into_axis_0_so_any_batch_launches(b):
+    # CUDA grids: x < 2**31, y and z <= 65535. The batch rides on x, with the program count per row.
+    for op, shapes in SHAPES.items():
+        shapes = [(b, *s[1:]) for s in shapes]
+        grid = qp.launch_config(op, shapes).grid
+        assert grid[0] % b == 0 and grid[0] < 2**31 and max(grid[1:]) <= 65535, (op, grid)
+
+
+def test_a_grid_past_the_cuda_limits_is_refused_with_the_dims():
+    from qm_export.kernels.config import check_grid
+
+    check_grid((2**31 - 1, 65535, 65535), "x")
+    with pytest.raises(ValueError, match=r"token_merge.*\(2147483648, 1, 1\)"):
+        check_grid((2**31, 1, 1), "token_merge")
+    with pytest.raises(ValueError, match="65535"):
+        check_grid((1, 65536, 1), "token_unmerge")
 
 
 def test_autotune_strings_expand_to_the_supported_types():
@@ -138,6 +157,10 @@ def test_cuda_array_interface_describes_bf16_as_int16():
         qp.cuda_array_interface(1, [4], "BOOL")
 
 
+#: Compute capabilities the AOT kernels must compile for: Turing, Ampere (A100, A10), Ada (L4,
+#: L40S), Hopper (H100/H200), Blackwell (B200, RTX 50).
+AOT_TARGETS = (75, 80, 86, 89, 90, 100, 120)
+
 _AOT_SCRIPT = textwrap.dedent(
     """
     import json, re, sys
@@ -148,32 +171,40 @@ _AOT_SCRIPT = textwrap.dedent(
               "TokenMerge": [(4, 197, 768), (4, 197), (4, 197), (4, 67)],
               "TokenUnmerge": [(4, 66, 768), (4, 197)]}
     out = []
-    for op, s in shapes.items():
-        for combo in qp.expand_type_combinations(qp.AUTOTUNE_TYPES[op]):
-            ck = compile_kernel(op, combo, s, target=GPUTarget("cuda", 90, 32))
-            entry = re.search(r"\\.entry\\s+(\\w+)\\(([^)]*)\\)", ck.ptx)
-            params = re.findall(r"\\.param \\.(\\w+)", entry.group(2))
-            out.append({"op": op, "combo": combo, "name": ck.name, "entry": entry.group(1),
-                        "params": params, "block_x": ck.block_x, "shared": ck.shared_mem})
+    for cc in json.loads(sys.argv[1]):
+        for op, s in shapes.items():
+            for combo in qp.expand_type_combinations(qp.AUTOTUNE_TYPES[op]):
+                ck = compile_kernel(op, combo, s, target=GPUTarget("cuda", cc, 32))
+                entry = re.search(r"\\.entry\\s+(\\w+)\\(([^)]*)\\)", ck.ptx)
+                params = re.findall(r"\\.param \\.(\\w+)", entry.group(2))
+                target = re.search(r"\\.target\\s+(\\w+)", ck.ptx).group(1)
+                out.append({"cc": cc, "op": op, "combo": combo, "name": ck.name, "entry": entry.group(1),
+                            "params": params, "target": target, "block_x": ck.block_x})
     print(json.dumps(out))
     """
 )
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="AOT compilation needs triton")
-def test_aot_compilation_for_sm90_without_a_gpu():
+def test_aot_compilation_for_every_gpu_generation_without_a_gpu():
     # A subprocess: triton must be imported without TRITON_INTERPRET, which the kernel tests set.
+    # Triton ships ptxas, so PTX is generated and assembled for each target with no GPU present.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
-        [sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", _AOT_SCRIPT, json.dumps(AOT_TARGETS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(results) == 2 + 3 + 3
+    assert len(results) == (2 + 3 + 3) * len(AOT_TARGETS)
     n_io_scalars = {"TokenGroupIndex": (2, 2, 2), "TokenMerge": (4, 3, 1), "TokenUnmerge": (2, 3, 1)}
     for r in results:
         n_in, n_scalar, n_out = n_io_scalars[r["op"]]
         assert r["name"] == r["entry"] == specs.KERNEL_NAMES[r["op"]]
+        assert r["target"] in (f"sm_{r['cc']}", f"sm_{r['cc']}a"), r
         expected = ["u64"] * n_in + ["u32"] * n_scalar + ["u64"] * n_out
         # Then Triton's two hidden scratch pointers, which TensorRT does not pass (their sizes are 0).
         assert r["params"] == expected + ["u64", "u64"], r

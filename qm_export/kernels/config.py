@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "LaunchConfig",
     "cdiv",
+    "check_grid",
     "group_index_config",
     "merge_config",
     "unmerge_config",
@@ -44,6 +45,23 @@ class LaunchConfig:
     grid: tuple[Any, Any, Any]
     constexprs: dict[str, int]
     num_warps: int
+
+
+#: CUDA's grid limits: axis 0 below 2**31, axes 1 and 2 at most 65535.
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def check_grid(grid: tuple[int, int, int], kernel: str) -> None:
+    """Raise ``ValueError`` naming ``kernel`` and the dims when ``grid`` exceeds CUDA's limits.
+
+    The grids put the batch on axis 0, so only absurd sizes (``B*K >= 2**31`` groups, or
+    ``D > 65535 * 1024`` features) get here.
+    """
+    if any(g > lim for g, lim in zip(grid, GRID_LIMITS)):
+        raise ValueError(
+            f"{kernel}: launch grid {tuple(grid)} exceeds CUDA's limits {GRID_LIMITS}; "
+            "split the batch or the feature dim into smaller calls"
+        )
 
 
 def cdiv(a: Any, b: int) -> Any:
@@ -77,15 +95,17 @@ def _block_d(d_static: int | None) -> int:
 
 
 def group_index_config(b: Any, n: Any, k: Any) -> LaunchConfig:
-    """``token_group_index_kernel``: grid ``(cdiv(N, BLOCK) + cdiv(K + 1, BLOCK), B, 1)``.
+    """``token_group_index_kernel``: grid ``((cdiv(N, BLOCK) + cdiv(K + 1, BLOCK)) * B, 1, 1)``.
 
-    The first ``cdiv(N, BLOCK)`` programs of a row rank tokens, the rest write offsets.
+    Each row owns that many consecutive programs: the first ``cdiv(N, BLOCK)`` rank tokens,
+    the rest write offsets.
     ``BLOCK`` is 128 for rows known to be long (``N >= 2048``), else 64.
     """
     n_static = static_dim(n)
     block = 128 if n_static is not None and n_static >= 2048 else 64
     num_warps = 8 if block == 128 else 4
-    return LaunchConfig((cdiv(n, block) + cdiv(k + 1, block), b, 1), {"BLOCK": block}, num_warps)
+    per_row = cdiv(n, block) + cdiv(k + 1, block)
+    return LaunchConfig((per_row * b, 1, 1), {"BLOCK": block}, num_warps)
 
 
 def merge_config(b: Any, k: Any, d: Any) -> LaunchConfig:
@@ -99,8 +119,8 @@ def merge_config(b: Any, k: Any, d: Any) -> LaunchConfig:
 def unmerge_config(b: Any, n: Any, d: Any) -> LaunchConfig:
     """``token_unmerge_kernel``: ``ROWS`` tokens x ``BLOCK_D`` features per program.
 
-    Grid ``(cdiv(N, ROWS), B, cdiv(D, BLOCK_D))``; ``ROWS * BLOCK_D = 4096``.
+    Grid ``(cdiv(N, ROWS) * B, cdiv(D, BLOCK_D), 1)``; ``ROWS * BLOCK_D = 4096``.
     """
     block_d = _block_d(static_dim(d))
     rows = max(1, UNMERGE_TILE // block_d)
-    return LaunchConfig((cdiv(n, rows), b, cdiv(d, block_d)), {"ROWS": rows, "BLOCK_D": block_d}, 4)
+    return LaunchConfig((cdiv(n, rows) * b, cdiv(d, block_d), 1), {"ROWS": rows, "BLOCK_D": block_d}, 4)

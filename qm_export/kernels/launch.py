@@ -20,7 +20,7 @@ import sys
 import torch
 
 from .checks import FLOAT_DTYPES, INDEX_DTYPES, check_k, check_range, check_shape, check_tensor
-from .config import group_index_config, merge_config, unmerge_config
+from .config import check_grid, group_index_config, merge_config, unmerge_config
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -79,6 +79,7 @@ def _launch(name: str, cfg, args: tuple, device: torch.device) -> None:
     grid = tuple(int(g) for g in cfg.grid)
     if min(grid) == 0:
         return
+    check_grid(grid, name)
     kwargs = dict(cfg.constexprs)
     if device.type == "cuda":
         kwargs["num_warps"] = cfg.num_warps

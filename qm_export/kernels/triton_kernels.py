@@ -29,17 +29,21 @@ def token_group_index_kernel(
     offsets_ptr,  # (B, K + 1) int32 out: group j is order[offsets[j]:offsets[j + 1]]
     BLOCK: tl.constexpr,
 ):
-    """Stable counting sort of one row by pairwise counting. Grid ``(T_N + T_K, B)``.
+    """Stable counting sort of one row by pairwise counting. Grid ``(B * (T_N + T_K),)``.
 
-    Program ``t < T_N = cdiv(N, BLOCK)`` ranks tokens ``[t*BLOCK, (t+1)*BLOCK)``: the sorted
+    Each row has ``T_N + T_K`` consecutive programs (the batch is folded into grid axis 0,
+    whose limit is 2**31 - 1, so any ``B`` launches). Program
+    ``t < T_N = cdiv(N, BLOCK)`` of a row ranks tokens ``[t*BLOCK, (t+1)*BLOCK)``: the sorted
     position of token ``i`` is ``#{j : (a_j, j) < (a_i, i)}``, which is a permutation of
     ``[0, N)`` whatever the values of ``a``. Program ``t >= T_N`` writes
     ``offsets[j] = #{i : a_i < j}`` for ``BLOCK`` values of ``j``.
     """
-    tile = tl.program_id(0)
-    row = tl.program_id(1).to(tl.int64)
-    a_row = assign_ptr + row * N
     n_tiles = tl.cdiv(N, BLOCK)
+    per_row = n_tiles + tl.cdiv(K + 1, BLOCK)
+    pid = tl.program_id(0)
+    tile = pid % per_row
+    row = (pid // per_row).to(tl.int64)
+    a_row = assign_ptr + row * N
     lanes = tl.arange(0, BLOCK)
     if tile < n_tiles:
         i = tile * BLOCK + lanes
@@ -136,11 +140,14 @@ def token_unmerge_kernel(
 ):
     """``out[b, i] = y[b, assign[b, i]]`` for ``ROWS`` tokens and a ``BLOCK_D`` slice.
 
-    Grid ``(cdiv(N, ROWS), B, cdiv(D, BLOCK_D))``. An index outside ``[0, M)`` gives a zero row.
+    Grid ``(B * cdiv(N, ROWS), cdiv(D, BLOCK_D))``, the batch folded into axis 0 (any ``B``).
+    An index outside ``[0, M)`` gives a zero row.
     """
-    row = tl.program_id(1).to(tl.int64)
-    i = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    per_row = tl.cdiv(N, ROWS)
+    pid = tl.program_id(0)
+    row = (pid // per_row).to(tl.int64)
+    i = (pid % per_row) * ROWS + tl.arange(0, ROWS)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     i_ok = i < N
     d_ok = d < D
     a = tl.load(assign_ptr + row * N + i, mask=i_ok, other=0)

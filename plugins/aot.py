@@ -2,19 +2,26 @@
 
 ``compile_kernel`` turns the same ``@triton.jit`` function the torch launcher uses into PTX
 with ``triton.compiler.ASTSource`` + ``triton.compile`` (triton 3.8: dict signatures keyed by
-argument name). Triton's launcher appends hidden ``global_scratch`` / ``profile_scratch``
-pointer parameters that TensorRT does not pass, so a kernel that would need either buffer is
-refused. Without ``target`` Triton compiles for the current CUDA device (at engine build).
+argument name). Without ``target`` Triton compiles for the current CUDA device (engine build).
+
+Triton appends hidden ``global_scratch`` / ``profile_scratch`` pointer parameters to every
+kernel; TensorRT passes only inputs, scalars and outputs. A kernel that would use either
+buffer is refused, and :func:`trim_entry_params` removes the (then unreferenced) hidden
+parameters from the PTX entry, so the PTX declares exactly the arguments TensorRT passes
+instead of relying on the driver reading past TensorRT's argument array.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .specs import KERNEL_NAMES, aot_attrs, launch_config, triton_signature
+from .specs import KERNEL_NAMES, aot_attrs, launch_arg_count, launch_config, triton_signature
 
-__all__ = ["CompiledKernel", "compile_kernel", "jit_function"]
+__all__ = ["CompiledKernel", "compile_kernel", "jit_function", "trim_entry_params"]
+
+_PARAM_NAME = re.compile(r"([A-Za-z_$][\w$]*)\s*$")
 
 
 @dataclass(frozen=True)
@@ -83,4 +90,35 @@ def compile_kernel(
     scratch = {k: getattr(meta, k, 0) for k in ("global_scratch_size", "profile_scratch_size")}
     if any(scratch.values()):
         raise RuntimeError(f"{op}: compiled kernel needs scratch memory TensorRT does not provide: {scratch}")
-    return CompiledKernel(meta.name, compiled.asm["ptx"], meta.num_warps * 32, meta.shared)
+    ptx = trim_entry_params(compiled.asm["ptx"], meta.name, launch_arg_count(op))
+    return CompiledKernel(meta.name, ptx, meta.num_warps * 32, meta.shared)
+
+
+def trim_entry_params(ptx: str, entry: str, keep: int) -> str:
+    """``ptx`` with the parameters of ``.entry entry`` after the first ``keep`` removed.
+
+    Only parameters the PTX never references may go: Triton's hidden scratch pointers of a
+    kernel whose scratch sizes are 0.
+
+    Raises:
+        RuntimeError: no such entry, fewer than ``keep`` parameters, or a parameter to drop
+            is referenced in the PTX.
+    """
+    head = re.search(r"\.entry\s+" + re.escape(entry) + r"\s*\(", ptx)
+    if head is None:
+        raise RuntimeError(f"PTX has no .entry {entry!r}")
+    close = ptx.find(")", head.end())
+    if close < 0:
+        raise RuntimeError(f"PTX .entry {entry!r} has no closing parenthesis")
+    params = [p for p in ptx[head.end() : close].split(",") if p.strip()]
+    if len(params) < keep:
+        raise RuntimeError(f"PTX .entry {entry!r} declares {len(params)} parameters, TensorRT passes {keep}")
+    body = ptx[:head.start()] + ptx[close:]
+    for extra in params[keep:]:
+        name = _PARAM_NAME.search(extra)
+        if name is None or re.search(r"\b" + re.escape(name.group(1)) + r"\b", body):
+            raise RuntimeError(
+                f"PTX .entry {entry!r}: parameter {extra.strip()!r} beyond the {keep} TensorRT passes is used"
+            )
+    kept = ",".join(params[:keep])
+    return ptx[: head.end()] + kept + ("\n" if keep and not kept.endswith("\n") else "") + ptx[close:]

@@ -32,6 +32,7 @@ __all__ = [
     "TRITON_TYPES",
     "aot_attrs",
     "expand_type_combinations",
+    "launch_arg_count",
     "launch_config",
     "output_shapes",
     "plugin_id",
@@ -75,6 +76,12 @@ _AUTOTUNE_NAMES = {"FP32": "FLOAT", "FP16": "HALF"}
 def _check_op(op: str) -> None:
     if op not in PLUGIN_NAMES:
         raise ValueError(f"unknown qm plugin {op!r}; known: {list(PLUGIN_NAMES)}")
+
+
+def launch_arg_count(op: str) -> int:
+    """How many arguments TensorRT passes the AOT kernel: input pointers, scalars, output pointers."""
+    _check_op(op)
+    return sum(len(group) for group in _IO[op])
 
 
 def plugin_id(op: str) -> str:

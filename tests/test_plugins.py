@@ -163,23 +163,32 @@ AOT_TARGETS = (75, 80, 86, 89, 90, 100, 120)
 
 _AOT_SCRIPT = textwrap.dedent(
     """
-    import json, re, sys
+    import json, os, re, subprocess, sys, tempfile
     from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
     import qm_export_plugins as qp
     from qm_export_plugins.aot import compile_kernel
     shapes = {"TokenGroupIndex": [(4, 197), (4, 66)],
               "TokenMerge": [(4, 197, 768), (4, 197), (4, 197), (4, 67)],
               "TokenUnmerge": [(4, 66, 768), (4, 197)]}
     out = []
-    for cc in json.loads(sys.argv[1]):
-        for op, s in shapes.items():
-            for combo in qp.expand_type_combinations(qp.AUTOTUNE_TYPES[op]):
-                ck = compile_kernel(op, combo, s, target=GPUTarget("cuda", cc, 32))
-                entry = re.search(r"\\.entry\\s+(\\w+)\\(([^)]*)\\)", ck.ptx)
-                params = re.findall(r"\\.param \\.(\\w+)", entry.group(2))
-                target = re.search(r"\\.target\\s+(\\w+)", ck.ptx).group(1)
-                out.append({"cc": cc, "op": op, "combo": combo, "name": ck.name, "entry": entry.group(1),
-                            "params": params, "target": target, "block_x": ck.block_x})
+    with tempfile.TemporaryDirectory() as tmp:
+        for cc in json.loads(sys.argv[1]):
+            for op, s in shapes.items():
+                for combo in qp.expand_type_combinations(qp.AUTOTUNE_TYPES[op]):
+                    ck = compile_kernel(op, combo, s, target=GPUTarget("cuda", cc, 32))
+                    entry = re.search(r"\\.entry\\s+(\\w+)\\(([^)]*)\\)", ck.ptx)
+                    params = re.findall(r"\\.param \\.(\\w+)", entry.group(2))
+                    target = re.search(r"\\.target\\s+(\\w+)", ck.ptx).group(1)
+                    # The trimmed PTX must still assemble: ptxas for the same target.
+                    src = os.path.join(tmp, "k.ptx")
+                    with open(src, "w") as f:
+                        f.write(ck.ptx)
+                    asm = subprocess.run([get_ptxas(cc).path, f"--gpu-name={sm_arch_from_capability(cc)}",
+                                          src, "-o", src + ".o"], capture_output=True, text=True)
+                    out.append({"cc": cc, "op": op, "combo": combo, "name": ck.name, "entry": entry.group(1),
+                                "params": params, "target": target, "block_x": ck.block_x,
+                                "ptxas": asm.returncode, "ptxas_err": asm.stderr[-500:]})
     print(json.dumps(out))
     """
 )
@@ -205,10 +214,48 @@ def test_aot_compilation_for_every_gpu_generation_without_a_gpu():
         n_in, n_scalar, n_out = n_io_scalars[r["op"]]
         assert r["name"] == r["entry"] == specs.KERNEL_NAMES[r["op"]]
         assert r["target"] in (f"sm_{r['cc']}", f"sm_{r['cc']}a"), r
-        expected = ["u64"] * n_in + ["u32"] * n_scalar + ["u64"] * n_out
-        # Then Triton's two hidden scratch pointers, which TensorRT does not pass (their sizes are 0).
-        assert r["params"] == expected + ["u64", "u64"], r
+        # Exactly what TensorRT passes: Triton's two hidden scratch pointers are trimmed away.
+        assert r["params"] == ["u64"] * n_in + ["u32"] * n_scalar + ["u64"] * n_out, r
+        assert r["ptxas"] == 0, r
         assert r["block_x"] % 32 == 0 and r["block_x"] >= 32
+
+
+_PTX = """.version 8.8
+.target sm_90a
+.address_size 64
+.visible .entry k(
+\t.param .u64 .ptr .global .align 1 k_param_0,
+\t.param .u32 k_param_1,
+\t.param .u64 .ptr .global .align 1 k_param_2,
+\t.param .u64 .ptr .global .align 1 k_param_3
+)
+.reqntid 32
+{
+\tld.param.b64 \t%rd1, [k_param_0];
+\tld.param.b32 \t%r1, [k_param_1];
+\tret;
+}
+"""
+
+
+def test_trim_entry_params_drops_only_unreferenced_trailing_parameters():
+    from qm_export_plugins.aot import trim_entry_params
+
+    trimmed = trim_entry_params(_PTX, "k", 2)
+    assert "k_param_2" not in trimmed and "k_param_3" not in trimmed
+    assert ".align 1 k_param_0,\n\t.param .u32 k_param_1\n)\n.reqntid 32" in trimmed
+    assert trimmed.split(")", 1)[1] == _PTX.split(")", 1)[1]  # the body is untouched
+    assert trim_entry_params(_PTX, "k", 4) == _PTX
+    with pytest.raises(RuntimeError, match="k_param_1.*is used"):
+        trim_entry_params(_PTX, "k", 1)  # k_param_1 is loaded by the body
+    with pytest.raises(RuntimeError, match="declares 4 parameters, TensorRT passes 5"):
+        trim_entry_params(_PTX, "k", 5)
+    with pytest.raises(RuntimeError, match="no .entry 'other'"):
+        trim_entry_params(_PTX, "other", 2)
+
+
+def test_launch_arg_count_is_inputs_scalars_outputs():
+    assert [qp.launch_arg_count(op) for op in qp.PLUGIN_NAMES] == [2 + 2 + 2, 4 + 3 + 1, 2 + 3 + 1]
 
 
 trt_only = pytest.mark.skipif(not HAS_TRT, reason="needs TensorRT >= 10.9 (not installable on this machine)")

@@ -32,6 +32,7 @@ __all__ = [
     "TRITON_TYPES",
     "aot_attrs",
     "expand_type_combinations",
+    "kernel_params",
     "launch_arg_count",
     "launch_config",
     "output_shapes",
@@ -78,10 +79,15 @@ def _check_op(op: str) -> None:
         raise ValueError(f"unknown qm plugin {op!r}; known: {list(PLUGIN_NAMES)}")
 
 
+def kernel_params(op: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The kernel's (input pointer, int32 scalar, output pointer) parameter names, in order."""
+    _check_op(op)
+    return _IO[op]
+
+
 def launch_arg_count(op: str) -> int:
     """How many arguments TensorRT passes the AOT kernel: input pointers, scalars, output pointers."""
-    _check_op(op)
-    return sum(len(group) for group in _IO[op])
+    return sum(len(group) for group in kernel_params(op))
 
 
 def plugin_id(op: str) -> str:

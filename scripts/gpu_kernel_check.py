@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -137,30 +136,8 @@ def custom_ops() -> None:
     record("custom_ops", "dispatcher uses kernels", ops._kernel_ops_available())
 
 
-def _cupy_launch(kernel, cfg, args):
-    import cupy as cp
-    import numpy as np
-
-    cp_args = []
-    for v in args:
-        if isinstance(v, torch.Tensor):
-            t = v.view(torch.int16) if v.dtype in (torch.float16, torch.bfloat16) else v
-            cp_args.append(cp.asarray(t))
-        else:
-            cp_args.append(np.int32(v))
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(kernel.ptx)
-    module = cp.RawModule(path=f.name)
-    fn = module.get_function(kernel.name)
-    grid = tuple(int(g) for g in cfg.grid)
-    fn(grid, (kernel.block_x, 1, 1), tuple(cp_args), shared_mem=kernel.shared_mem)
-    torch.cuda.synchronize()
-    os.unlink(f.name)
-
-
 def _aot_case(op, combo) -> bool:
-    import qm_export_plugins as qp
-    from qm_export_plugins.aot import compile_kernel
+    from cupy_aot import AotLaunch
 
     dt = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16}
     b, n, k, d = 3, 577, 193, 768
@@ -181,11 +158,8 @@ def _aot_case(op, combo) -> bool:
         y = torch.randn(b, k, d, device="cuda").to(x.dtype)
         ins, outs = [y, a32], [torch.full((b, n, d), float("nan"), dtype=x.dtype, device="cuda")]
         want = [token_unmerge_reference(y, a32)]
-    shapes = [tuple(t.shape) for t in ins]
-    kernel = compile_kernel(op, combo, shapes)  # this GPU
-    args = [*ins, *qp.scalar_args(op, shapes), *outs]
-    assert len(args) == qp.launch_arg_count(op)
-    _cupy_launch(kernel, qp.launch_config(op, shapes), args)
+    AotLaunch(op, ins, outs).launch()
+    torch.cuda.synchronize()
     rtol, atol = tol(outs[0].dtype) if outs[0].is_floating_point() else (0, 0)
     return all(torch.allclose(o.float(), e.float(), rtol=rtol, atol=atol) for o, e in zip(outs, want))
 
@@ -228,15 +202,9 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(ROOT))  # `plugins/` is importable as qm_export_plugins only when installed
-    if "qm_export_plugins" not in sys.modules:
-        try:
-            import qm_export_plugins  # noqa: F401
-        except ImportError:
-            import importlib
+    from cupy_aot import import_plugins
 
-            sys.modules["qm_export_plugins"] = importlib.import_module("plugins")
-            sys.modules["qm_export_plugins.aot"] = importlib.import_module("plugins.aot")
+    import_plugins()  # `plugins/` is importable as qm_export_plugins only when installed
     name = "gpu_kernel_check"
     correctness(args.quick)
     determinism()

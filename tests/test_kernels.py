@@ -160,11 +160,11 @@ def test_merge_and_unmerge_at_wide_and_long_shapes(shape, dtype):
     assert torch.equal(restored.cpu(), token_unmerge_reference(merged, a).cpu())
 
 
-def test_group_index_with_long_rows_uses_128_wide_tiles():
+def test_group_index_over_many_tiles_per_row():
     from qm_export.kernels.config import group_index_config
 
     b, n, k = 1, 4096, 1366
-    assert group_index_config(b, n, k).constexprs["BLOCK"] == 128
+    assert n // group_index_config(b, n, k).constexprs["BLOCK"] >= 32
     a = _assign(b, n, k, seed=4096, skip_last=True)
     order, offsets = token_group_index(a, k)
     ref_order, ref_offsets = token_group_index_reference(a, k)

@@ -28,6 +28,8 @@ MAX_BLOCK_D = 1024
 DEFAULT_BLOCK_D = 1024
 #: Elements per program of the unmerge gather (``ROWS * BLOCK_D``).
 UNMERGE_TILE = 4096
+#: Tile of the group-index kernel (tokens per program, and tokens compared per step).
+GROUP_BLOCK = 64
 #: Members of a group whose loads are issued together by the merge kernel.
 MERGE_UNROLL = 4
 
@@ -99,11 +101,11 @@ def group_index_config(b: Any, n: Any, k: Any) -> LaunchConfig:
 
     Each row owns that many consecutive programs: the first ``cdiv(N, BLOCK)`` rank tokens,
     the rest write offsets.
-    ``BLOCK`` is 128 for rows known to be long (``N >= 2048``), else 64.
+    ``BLOCK = 64`` with 4 warps for every ``N``: compiled for sm_90, a 128-wide tile needs 254
+    registers per thread at 8 warps (one block per SM), a 64-wide one 113 at 4 warps
+    (``scripts/ptx_report.py``).
     """
-    n_static = static_dim(n)
-    block = 128 if n_static is not None and n_static >= 2048 else 64
-    num_warps = 8 if block == 128 else 4
+    block, num_warps = GROUP_BLOCK, 4
     per_row = cdiv(n, block) + cdiv(k + 1, block)
     return LaunchConfig((per_row * b, 1, 1), {"BLOCK": block}, num_warps)
 

@@ -49,34 +49,37 @@ def token_group_index_kernel(
         i = tile * BLOCK + lanes
         i_ok = i < N
         a_i = tl.load(a_row + i, mask=i_ok, other=0)
-        pos = tl.zeros([BLOCK], dtype=tl.int32)
+        # Counts per (i, j lane), summed over j once at the end: no cross-lane reduction per tile.
+        hits = tl.zeros([BLOCK, BLOCK], dtype=tl.int32)
         # Tiles before this one: j < i, so (a_j, j) < (a_i, i) iff a_j <= a_i.
         for jt in range(0, tile):
             j = jt * BLOCK + lanes
             a_j = tl.load(a_row + j)
-            pos += tl.sum((a_j[None, :] <= a_i[:, None]).to(tl.int32), axis=1)
+            hits += (a_j[None, :] <= a_i[:, None]).to(tl.int32)
         # This tile: compare the keys in full.
         j = tile * BLOCK + lanes
         j_ok = j < N
         a_j = tl.load(a_row + j, mask=j_ok, other=0)
         before = (a_j[None, :] < a_i[:, None]) | ((a_j[None, :] == a_i[:, None]) & (j[None, :] < i[:, None]))
-        pos += tl.sum((before & j_ok[None, :]).to(tl.int32), axis=1)
+        hits += (before & j_ok[None, :]).to(tl.int32)
         # Tiles after this one: j > i, so (a_j, j) < (a_i, i) iff a_j < a_i.
         for jt in range(tile + 1, n_tiles):
             j = jt * BLOCK + lanes
             j_ok = j < N
             a_j = tl.load(a_row + j, mask=j_ok, other=0)
-            pos += tl.sum(((a_j[None, :] < a_i[:, None]) & j_ok[None, :]).to(tl.int32), axis=1)
+            hits += ((a_j[None, :] < a_i[:, None]) & j_ok[None, :]).to(tl.int32)
+        pos = tl.sum(hits, axis=1)
         tl.store(order_ptr + row * N + pos, i, mask=i_ok)
     else:
         g = (tile - n_tiles) * BLOCK + lanes
         g_ok = g <= K
-        count = tl.zeros([BLOCK], dtype=tl.int32)
+        hits = tl.zeros([BLOCK, BLOCK], dtype=tl.int32)
         for it in range(0, n_tiles):
             i = it * BLOCK + lanes
             i_ok = i < N
             a_i = tl.load(a_row + i, mask=i_ok, other=0)
-            count += tl.sum(((a_i[None, :] < g[:, None]) & i_ok[None, :]).to(tl.int32), axis=1)
+            hits += ((a_i[None, :] < g[:, None]) & i_ok[None, :]).to(tl.int32)
+        count = tl.sum(hits, axis=1)
         tl.store(offsets_ptr + row * (K + 1) + g, count, mask=g_ok)
 
 

@@ -36,4 +36,4 @@ def render_report(report: CheckReport, console: Console) -> None:
         console.print(table)
     counts = report.counts()
     verdict = "[green]no errors[/green]" if report.ok else f"[bold red]{counts['error']} error(s)[/bold red]"
-    console.print(f"{verdict}: {counts['error']} error, {counts['warning']} warning, {counts['info']} info")
+    console.print(f"{verdict}: {counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info")

@@ -15,41 +15,10 @@ from __future__ import annotations
 
 import importlib.util
 
-from .specs import (
-    AUTOTUNE_TYPES,
-    PLUGIN_NAMES,
-    PLUGIN_NAMESPACE,
-    PLUGIN_VERSION,
-    aot_attrs,
-    cuda_array_interface,
-    expand_type_combinations,
-    kernel_params,
-    launch_arg_count,
-    launch_config,
-    output_shapes,
-    plugin_id,
-    scalar_args,
-    triton_signature,
-)
+from . import specs
+from .specs import *  # noqa: F403  (the TensorRT-free helpers, listed in specs.__all__)
 
-__all__ = [
-    "AUTOTUNE_TYPES",
-    "PLUGIN_NAMES",
-    "PLUGIN_NAMESPACE",
-    "PLUGIN_VERSION",
-    "PluginDependencyError",
-    "aot_attrs",
-    "cuda_array_interface",
-    "expand_type_combinations",
-    "kernel_params",
-    "launch_arg_count",
-    "launch_config",
-    "output_shapes",
-    "plugin_id",
-    "register_plugins",
-    "scalar_args",
-    "triton_signature",
-]
+__all__ = ["PluginDependencyError", "register_plugins", *specs.__all__]
 
 
 class PluginDependencyError(ImportError):

@@ -31,6 +31,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from qm_export.backends.onnxruntime import OrtRunner
+from qm_export.export.files import atomic_write_text
 from qm_export.export.onnx_export import export_onnx
 from qm_export.export.verify import to_numpy_feeds
 from qm_export.models import load_source
@@ -116,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {r['recipe']} | {r['variant']} | `{r['schedule']}` | {r['mean_tokens']:.0f} | {r['export_s']:.1f} | "
                   f"{r['file_mb']:.1f} | {r['ort_ms_median']:.1f} | {r['ort_ms_min']:.1f} | {r['speedup_vs_unmerged']:.2f}x |")
     if args.json:
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps({"meta": meta, "rows": rows}, indent=2))
     return 0
 
 

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from qm_export.export.files import atomic_write_text  # noqa: E402
 from qm_export.kernels import token_group_index, token_merge, token_unmerge  # noqa: E402
 
 SHAPES = [(64, 197, 66, 768), (16, 4096, 1366, 1024), (4, 16384, 5462, 1024)]
@@ -273,12 +274,6 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-out")))
@@ -323,8 +318,8 @@ def main() -> int:
                         "error": traceback.format_exception_only(exc)[-1],
                     }
                 )
-            write_atomic(args.out / "bench.json", json.dumps(report, indent=1))
-            write_atomic(args.out / "bench.md", to_markdown(report))
+            atomic_write_text(args.out / "bench.json", json.dumps(report, indent=1))
+            atomic_write_text(args.out / "bench.md", to_markdown(report))
             print(f"done {shape} {dtype}", file=sys.stderr, flush=True)
     print(to_markdown(report))
     return 0

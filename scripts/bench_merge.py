@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from qm_export.export.files import atomic_write_text
 from qm_export.merge import bipartite_merge, quickmerge
 
 SHAPES = [(8, 197, 768), (4, 1024, 768), (1, 4096, 1024)]
@@ -170,10 +170,7 @@ def rich_tables(rows: list[dict], authors: dict, console: Console) -> None:
 def write_json(path: Path, data: dict, force: bool) -> None:
     if path.exists() and not force:
         raise click.UsageError(f"{path} exists; pass --force to overwrite it")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 @click.command(context_settings={"show_default": True})

@@ -19,6 +19,9 @@ from typing import Sequence
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+#: ``trt.DataType`` member name -> torch dtype, for the plugins' I/O types.
+TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
+                "INT64": torch.int64}
 
 
 def import_plugins():
@@ -50,8 +53,7 @@ class AotLaunch:
         qp = import_plugins()
         from qm_export_plugins.aot import compile_kernel
 
-        names = {torch.float32: "FLOAT", torch.float16: "HALF", torch.bfloat16: "BF16", torch.int32: "INT32",
-                 torch.int64: "INT64"}
+        names = {dtype: name for name, dtype in TORCH_DTYPES.items()}
         shapes = [tuple(t.shape) for t in inputs]
         self.kernel = compile_kernel(op, [names[t.dtype] for t in (*inputs, *outputs)], shapes)
         self.grid = tuple(int(g) for g in qp.launch_config(op, shapes).grid)

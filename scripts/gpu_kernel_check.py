@@ -137,11 +137,11 @@ def custom_ops() -> None:
 
 
 def _aot_case(op, combo) -> bool:
-    from cupy_aot import AotLaunch
+    from cupy_aot import TORCH_DTYPES, AotLaunch
 
-    dt = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16}
     b, n, k, d = 3, 577, 193, 768
-    a, x, w = inputs(b, n, k, d, dt.get(combo[0], torch.float32), seed=7)
+    x_dtype = TORCH_DTYPES[combo[0]] if op != "TokenGroupIndex" else torch.float32
+    a, x, w = inputs(b, n, k, d, x_dtype, seed=7)
     a32 = a.to(torch.int32)
     order, offsets = token_group_index_reference(a, k)
     if op == "TokenGroupIndex":

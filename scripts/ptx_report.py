@@ -33,6 +33,8 @@ from rich.table import Table
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from cupy_aot import import_plugins  # noqa: E402  (imports no CuPy)
 
+from qm_export.export.files import atomic_write_text  # noqa: E402
+
 #: (label, op, I/O dtypes, input shapes) at the benchmark shapes of issue 5.
 CASES = [
     ("group (4,16384,5462)", "TokenGroupIndex", ("INT32", "INT32", "INT32", "INT32"), [(4, 16384), (4, 5462)]),
@@ -135,9 +137,7 @@ def main(cc: int, json_path: Path | None) -> None:
                       str(r.get("spill_bytes")), str(r["shared_bytes"]), " ".join(r["loads"]), " ".join(r["stores"]))
     console.print(table)
     if json_path is not None:
-        tmp = json_path.with_suffix(json_path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"cc": cc, "rows": rows}, indent=1))
-        os.replace(tmp, json_path)
+        atomic_write_text(json_path, json.dumps({"cc": cc, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

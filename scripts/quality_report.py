@@ -8,6 +8,8 @@ import os
 import platform
 from pathlib import Path
 
+from qm_export.export.files import atomic_output, atomic_write_text
+
 METHODS = ("quickmerge", "quickmerge+prior", "tome", "tome-hidden")
 LABELS = {
     "quickmerge": "QuickMerge++",
@@ -34,14 +36,8 @@ def machine_info() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_json(results: dict, path: Path) -> None:
-    _atomic_write(path, (json.dumps(results, indent=2) + "\n").encode())
+    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
 
 
 def write_plot(results: dict, path: Path) -> None:
@@ -64,10 +60,9 @@ def write_plot(results: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _test_table(results: dict) -> list[list[str]]:
@@ -226,7 +221,7 @@ Prior weight:
 - One corpus (Python documentation); dev, prior and test topics differ but share its style.
 - Merging is evaluated against the same model unmerged, not on a downstream task.
 """
-    _atomic_write(path, text.encode())
+    atomic_write_text(path, text)
 
 
 def print_tables(results: dict, console) -> None:

@@ -1,13 +1,27 @@
-"""Output files: checked before work starts, written atomically, never overwritten silently."""
+"""Output files: checked before work starts, written atomically, never overwritten silently.
+
+The one place the project writes files atomically: :func:`atomic_output` (a temp path beside
+the target, moved into place with ``os.replace`` on success, removed on failure) and
+:func:`atomic_write_bytes` / :func:`atomic_write_text` on top of it. The CLI, the TensorRT
+build, the prior files and the benchmark scripts all use these.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["OutputPathError", "check_output_path", "replace_atomically"]
+__all__ = [
+    "OutputPathError",
+    "atomic_output",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_output_path",
+    "replace_atomically",
+]
 
 
 class OutputPathError(ValueError):
@@ -48,3 +62,32 @@ def replace_atomically(files: Sequence[Path], folder: Path) -> list[Path]:
         os.replace(src, dst)
         moved.append(dst)
     return moved
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside ``path`` (same suffix, so writers that go by it still work);
+    when the block succeeds it is moved onto ``path`` with ``os.replace``, otherwise removed."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it, then ``os.replace`` it into place."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))

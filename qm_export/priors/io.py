@@ -9,10 +9,10 @@ file never runs code.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from ..export.files import atomic_output
 from ..merge import AutoregressivePrior
 
 __all__ = ["PRIOR_FORMAT", "save_prior", "load_prior", "read_prior_metadata"]
@@ -36,13 +36,8 @@ def save_prior(prior: AutoregressivePrior, path: str | Path, *, metadata: dict[s
     for key, value in (metadata or {}).items():
         header[key] = json.dumps(value)
     tensors = {k: v.detach().cpu().contiguous() for k, v in prior.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

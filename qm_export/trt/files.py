@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
+
+from ..export.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["check_writable", "atomic_write_bytes", "atomic_write_text", "sha256_file", "sidecar_path"]
 
@@ -26,29 +26,6 @@ def check_writable(paths: list[Path], force: bool) -> None:
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise FileNotFoundError(f"folder {str(parent)!r} of output {str(path)!r} does not exist")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, then ``os.replace`` it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

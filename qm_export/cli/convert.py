@@ -30,6 +30,11 @@ PRECISIONS = ("fp32", "fp16", "bf16")
               help="plugin: qm nodes with local functions (TensorRT plugins); inline: standard ops only.")
 @click.option("--debug-outputs", is_flag=True, help="Add every merge layer's assign/seeds as graph outputs.")
 @click.option("--no-merge", is_flag=True, help="Export the same model without merge layers (the baseline).")
+@click.option("--method", type=click.Choice(["quickmerge", "tome"]), default="quickmerge", show_default=True,
+              help="quickmerge: QuickMerge++ (the spec). tome: the ToMe baseline (bipartite soft matching on the "
+                   "layer's keys) in the same layers, keeping the same token counts (several bipartite passes when a "
+                   "layer keeps under half); global-mode families only (not causal-lm), no prior, no debug outputs; "
+                   "parity compares output values only (ToMe has no seeds).")
 @click.option("--prior", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="A prior fitted by 'qm-export fit-prior' (safetensors) for the merge layer it names.")
 @click.option("--prior-weight", type=click.FloatRange(0, 1, min_open=True), default=None,
@@ -42,14 +47,15 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report on stdout.")
 def convert(source: str, output: Path, merge_spec: str | None, batch: int | None, seq_len: int | None,
             static_seq: bool, opset: int | None, precision: str | None, merge_impl: str, debug_outputs: bool,
-            no_merge: bool, prior: Path | None, prior_weight: float | None, force: bool, no_verify: bool, use_reference: bool | None, seed: int,
-            as_json: bool) -> None:
+            no_merge: bool, method: str, prior: Path | None, prior_weight: float | None, force: bool, no_verify: bool,
+            use_reference: bool | None, seed: int, as_json: bool) -> None:
     """Export SOURCE (a recipe name or .toml, or a local Hugging Face model folder) to ONNX.
 
     The export uses the spec's eval semantics (deterministic selection, no random ops, no
     data-dependent shapes; K computed in-graph). Unless --no-verify, torch and ONNX Runtime are
     run on seeded inputs of every declared shape and must select the same tokens (near-ties
-    reported) and agree within the recipe's tolerance.
+    reported) and agree within the recipe's tolerance. With --method tome the same layers merge
+    to the same token counts with ToMe instead, and only the values are compared.
     """
     from ..export.convert import ConvertOptions, run_convert
 
@@ -59,11 +65,20 @@ def convert(source: str, output: Path, merge_spec: str | None, batch: int | None
         raise click.UsageError("--no-merge and --prior exclude each other")
     if prior_weight is not None and prior is None:
         raise click.UsageError("--prior-weight needs --prior")
+    if method == "tome":
+        conflicts = {
+            "--no-merge": (no_merge, "ToMe needs merge layers"),
+            "--prior": (prior is not None, "ToMe takes no prior"),
+            "--debug-outputs": (debug_outputs, "ToMe has no seeds, so its model has no debug merge outputs"),
+        }
+        for flag, (given, why) in conflicts.items():
+            if given:
+                raise click.UsageError(f"--method tome and {flag} exclude each other: {why}")
     options = ConvertOptions(
         source=source, output=output, schedule=merge_spec, batch=batch, seq_len=seq_len,
         dynamic_seq=not static_seq, opset=opset, precision=precision, merge_impl=merge_impl,
         debug_outputs=debug_outputs, no_merge=no_merge, force=force, verify=not no_verify,
-        use_reference=use_reference, seed=seed, prior=prior, prior_weight=prior_weight,
+        use_reference=use_reference, seed=seed, prior=prior, prior_weight=prior_weight, method=method,
     )
     err = console(stderr=True)
     with fail_on():

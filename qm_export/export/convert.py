@@ -39,6 +39,8 @@ class ConvertOptions:
     seed: int = 0
     prior: Path | None = None
     prior_weight: float | None = None
+    #: ``"quickmerge"`` or ``"tome"`` (the ToMe baseline at the same layers and token counts).
+    method: str = "quickmerge"
 
 
 @dataclass
@@ -56,12 +58,15 @@ class ConvertReport:
     verify_skipped: str | None = None
     prior: dict[str, Any] | None = None
     shapes_checked: list[dict[str, list[int]]] = field(default_factory=list)
+    method: str = "quickmerge"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "family": self.family,
             "precision": self.precision,
+            "method": self.method,
+            "selection_compared": self.method == "quickmerge" and bool(self.merge_layers),
             "schedule": self.schedule,
             "merge_layers": self.merge_layers,
             "tokens_per_layer": self.tokens_per_layer,
@@ -104,6 +109,7 @@ def _print_export(console: Any, report: ConvertReport, exported: ExportedModel) 
 
     table = Table(title=f"exported {exported.path.name}", show_header=False)
     table.add_row("source", f"{report.source} ({report.family}, {report.precision})")
+    table.add_row("method", {"tome": "ToMe (bipartite soft matching, same token counts)"}.get(report.method, report.method))
     table.add_row("merge impl", exported.merge_impl)
     table.add_row("nodes", f"{exported.nodes} in the graph, {exported.function_nodes} in {len(exported.functions)} local functions")
     table.add_row("qm nodes", ", ".join(f"{k} x{v}" for k, v in sorted(exported.qm_nodes.items())) or "none")
@@ -154,7 +160,7 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
         loaded = load_source(
             options.source, schedule=options.schedule, no_merge=options.no_merge,
             precision=options.precision, batch=options.batch, seq_len=options.seq_len,
-            debug_outputs=True, seed=options.seed,
+            debug_outputs=True, seed=options.seed, method=options.method,
             **({"prior": options.prior, "prior_weight": options.prior_weight} if options.prior else {}),
         )
         if not options.dynamic_seq:
@@ -171,6 +177,7 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
         "qm_export.family": loaded.family,
         "qm_export.precision": precision,
         "qm_export.schedule": "none" if options.no_merge else loaded.schedule.describe(),
+        "qm_export.method": "none" if options.no_merge else options.method,
         "qm_export.merge_layers": metadata_json(list(loaded.merge_layers)),
         "qm_export.tolerances": metadata_json({k: vars(v) for k, v in loaded.tolerances.items()}),
         **_profile_metadata(loaded),
@@ -184,7 +191,7 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
         source=options.source, family=loaded.family, precision=precision, export=exported.summary(),
         merge_layers=list(loaded.merge_layers),
         tokens_per_layer=list(loaded.tokens_per_layer(*loaded.example_inputs)),
-        schedule=metadata["qm_export.schedule"],
+        schedule=metadata["qm_export.schedule"], method=options.method,
     )
     if options.prior is not None:
         report.prior = {"path": str(options.prior), "weight": options.prior_weight if options.prior_weight is not None else 0.3}
@@ -212,6 +219,9 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
                     progress=lambda msg: status.update(f"checking parity: {msg}"),
                 )
             _print_verify(console, report.verify)
+            if options.method == "tome" and not options.no_merge:
+                console.print("ToMe has no seeds: token selection is not compared, only the outputs' values "
+                              "(the seed/assign flip columns do not apply)")
     finally:
         exported.cleanup()
     return report

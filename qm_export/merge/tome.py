@@ -10,9 +10,15 @@ reduction, so it exports).
 
 from __future__ import annotations
 
+import functools
+from fractions import Fraction
+from typing import Any
+
 import torch
 
-__all__ = ["bipartite_merge"]
+from .config import QuickMergeConfig, ratio_fraction, resolve_keep
+
+__all__ = ["bipartite_merge", "tome_passes"]
 
 
 def bipartite_merge(
@@ -88,3 +94,69 @@ def _check(x: torch.Tensor, r: int, metric: torch.Tensor, sizes: torch.Tensor | 
             raise TypeError(f"sizes must be a floating-point tensor, got {getattr(sizes, 'dtype', type(sizes).__name__)}")
         if tuple(sizes.shape) not in {tuple(x.shape[:2]), (*x.shape[:2], 1)}:
             raise ValueError(f"sizes must have shape (B, N) or (B, N, 1), got {tuple(sizes.shape)}")
+
+
+def _passes_for(n: int, k: int) -> int:
+    """Passes that take ``n`` tokens to ``k`` (each ``n -> max(k, ceil(n / 2))``)."""
+    count = 0
+    while n > k:
+        n = max(k, n - n // 2)
+        count += 1
+    return count
+
+
+@functools.lru_cache(maxsize=256)
+def _passes_for_ratio(a: int, b: int) -> int:
+    """The most passes any ``N' >= 1`` needs at ``keep_ratio = a / b``.
+
+    ``p`` passes leave ``max(K, ceil(N'/2^p))`` tokens. With ``p`` the first count for which
+    ``1/2^p < a/b``, ``ceil(N'/2^p) <= K(N')`` holds for every ``N' >= n0`` (the bound below
+    follows from ``ceil(n/2^p) <= (n + 2^p - 1)/2^p`` and ``K >= (a n + b//2 - b + 1)/b``), so
+    large ``N'`` need at most ``p``. If ``1/2^(p-1) > a/b`` they need exactly ``p`` (``p - 1``
+    passes leave about ``N'/2^(p-1) > K``). If ``a/b = 1/2^(p-1)`` (ratio 0.5, 0.25...) whether
+    ``p - 1`` suffice repeats with period ``b``. Every ``N' < n0 + b`` is counted one by one.
+    """
+    if a >= b:
+        return 0
+    ratio = Fraction(a, b)
+    p = 0
+    while Fraction(1, 2**p) >= ratio:
+        p += 1
+    slack = Fraction(2**p - 1, 2**p) + Fraction(b - 1 - b // 2, b)
+    n0 = int(slack / (ratio - Fraction(1, 2**p))) + 1
+    most = p if Fraction(1, 2 ** (p - 1)) > ratio else 0
+    for n in range(1, n0 + b + 1):
+        k = min(n, max(1, (a * n + b // 2) // b))
+        most = max(most, _passes_for(n, k))
+    return most
+
+
+def _upper_bound(n: Any) -> int | None:
+    """The largest value a symbolic size may take (its ``torch.export.Dim`` range), if known."""
+    try:
+        node = n.node
+        upper = node.shape_env.bound_sympy(node.expr).upper
+        return int(upper) if upper.is_finite else None
+    except (AttributeError, TypeError, ValueError):  # pragma: no cover - other torch versions
+        return None
+
+
+def tome_passes(n_mergeable: int | torch.SymInt, config: QuickMergeConfig) -> int:
+    """Number of bipartite passes a ToMe layer runs on ``N'`` mergeable tokens (static).
+
+    A concrete ``N'``: exactly the passes it needs. A symbolic ``N'`` with ``keep_ratio``: the
+    most any ``N'`` needs at that ratio (1 for ratios ``>= 0.5``, 2 down to ``0.25`` exclusive,
+    3 at ``0.25``...). A symbolic ``N'`` with an absolute ``keep``: what the largest ``N'`` of
+    its dynamic range needs (``ValueError`` when the range is unbounded).
+    """
+    if isinstance(n_mergeable, int):
+        return _passes_for(n_mergeable, min(n_mergeable, resolve_keep(n_mergeable, config)))
+    if config.keep is None:
+        return _passes_for_ratio(*ratio_fraction(config.keep_ratio))
+    upper = _upper_bound(n_mergeable)
+    if upper is None:
+        raise ValueError(
+            f"ToMe with an absolute keep={config.keep} needs a bounded token count to fix its number of "
+            "passes at trace time; give the dynamic length a maximum or use a keep_ratio"
+        )
+    return _passes_for(upper, min(upper, config.keep))

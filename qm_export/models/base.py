@@ -18,7 +18,7 @@ from torch import nn
 
 from ..merge.quickmerge import MergeInfo
 from .schedule import MergeSchedule, parse_schedule
-from .stack import LayerCache, MergingStack, seeded
+from .stack import LayerCache, MergingStack, check_method, seeded
 
 __all__ = ["TransformerConfig", "ModelOutput", "MergingModel", "KVCache"]
 
@@ -114,6 +114,8 @@ class MergingModel(nn.Module):
             ``tau``, ``prior_weight``, ...); ``protect`` and ``mode`` are the family's.
         prior_config: ``AutoregressivePrior`` arguments when ``prior_weight > 0``.
         seed: seed of the random init.
+        method: ``"quickmerge"`` (default) or ``"tome"``: the ToMe baseline at the same layers
+            and token counts (refused for causal-mode families and with a prior).
     """
 
     family: ClassVar[str]
@@ -133,6 +135,7 @@ class MergingModel(nn.Module):
         merge_options: Mapping[str, Any] | None = None,
         prior_config: Mapping[str, int] | None = None,
         seed: int = 0,
+        method: str = "quickmerge",
     ) -> None:
         super().__init__()
         if isinstance(config, Mapping):
@@ -143,13 +146,14 @@ class MergingModel(nn.Module):
         self.seed = seed
         self.prior_config = dict(prior_config or {})
         sched = self.make_schedule(schedule, config.depth, merge_options)
+        self.check_method(method, sched)
         with seeded(seed):
             self._build()
             self.stack = MergingStack(
                 config.dim, config.depth, config.heads, config.mlp_hidden,
                 norm_first=self.norm_first, eps=config.layer_norm_eps,
                 causal=self.mode == "causal", schedule=sched,
-                prior_config=self.prior_config, seed=seed,
+                prior_config=self.prior_config, seed=seed, method=method,
             )
             self._build_head()
 
@@ -174,9 +178,21 @@ class MergingModel(nn.Module):
             return MergeSchedule((), cls.protect, cls.mode, **_schedule_fields(options))
         return parse_schedule(schedule, num_layers=depth, protect=cls.protect, mode=cls.mode, **options)
 
+    @classmethod
+    def check_method(cls, method: str, schedule: MergeSchedule | None = None) -> None:
+        """Refuse an unknown merge ``method``, and ``"tome"`` where this family cannot use it
+        (a causal-mode family: ToMe's bipartite matching ignores token order; a prior)."""
+        sched = schedule if schedule is not None else MergeSchedule((), cls.protect, cls.mode)
+        check_method(method, sched, causal=cls.mode == "causal", what=f"family {cls.family!r}")
+
     @property
     def schedule(self) -> MergeSchedule:
         return self.stack.schedule
+
+    @property
+    def method(self) -> str:
+        """``"quickmerge"`` or ``"tome"``."""
+        return self.stack.method
 
     @property
     def merge_layers(self) -> tuple[int, ...]:
@@ -193,7 +209,7 @@ class MergingModel(nn.Module):
     def with_schedule(self, schedule: Any, merge_options: Mapping[str, Any] | None = None) -> "MergingModel":
         """The same weights under another schedule (a new module; priors are dropped or new)."""
         twin = type(self)(self.config, schedule, merge_options=merge_options,
-                          prior_config=self.prior_config, seed=self.seed)
+                          prior_config=self.prior_config, seed=self.seed, method=self.method)
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("stack.priors.")}
         missing, unexpected = twin.load_state_dict(own, strict=False)
         missing = [k for k in missing if not k.startswith("stack.priors.")]

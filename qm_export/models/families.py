@@ -49,6 +49,7 @@ def build_model(
     merge_options: Mapping[str, Any] | None = None,
     prior_config: Mapping[str, int] | None = None,
     seed: int = 0,
+    method: str = "quickmerge",
 ) -> MergingModel:
     """Build a reference model (random init, seeded) in ``eval()`` mode.
 
@@ -56,7 +57,8 @@ def build_model(
         family: ``"vit"``, ``"encoder"``, ``"causal-lm"`` or ``"video"``.
         config: a size name (``"tiny"``, ``"small"``, ``"base"``), a config, or a mapping of
             config fields.
-        schedule, merge_options, prior_config, seed: see :class:`MergingModel`.
+        schedule, merge_options, prior_config, seed, method: see :class:`MergingModel`
+            (``method="tome"``: the ToMe baseline at the same layers and token counts).
     """
     cls = family_class(family)
     if isinstance(config, str):
@@ -64,5 +66,5 @@ def build_model(
         if config not in sizes:
             raise ValueError(f"unknown size {config!r} for family {family!r}; known: {list(sizes)}")
         config = sizes[config]
-    model = cls(config, schedule, merge_options=merge_options, prior_config=prior_config, seed=seed)
+    model = cls(config, schedule, merge_options=merge_options, prior_config=prior_config, seed=seed, method=method)
     return model.eval()

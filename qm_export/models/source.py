@@ -20,6 +20,7 @@ from ..recipes import PRECISIONS, ExportDefaults, Recipe, ShapeProfile, Toleranc
 from .export_view import make_export_module
 from .families import family_class
 from .schedule import MergeSchedule
+from .stack import MERGE_METHODS
 
 __all__ = ["LoadedModel", "load_source", "register_source_loader", "DTYPES", "recipe_source"]
 
@@ -138,6 +139,7 @@ def load_source(
     seed: int = 0,
     prior: str | Path | None = None,
     prior_weight: float | None = None,
+    method: str = "quickmerge",
 ) -> LoadedModel:
     """Load ``source`` as a :class:`LoadedModel`.
 
@@ -154,6 +156,9 @@ def load_source(
         seed: seed of the random init and of the example inputs.
         prior: a prior fitted by ``qm-export fit-prior`` (safetensors; its metadata names the
             merge layer it was fitted for), used with ``prior_weight`` (default 0.3) there.
+        method: ``"quickmerge"`` (default) or ``"tome"``: the ToMe baseline merging the same
+            layers to the same token counts (refused for causal-mode families, with a prior and
+            with ``no_merge``); a ToMe model has no debug merge outputs (no seeds to compare).
 
     Raises:
         ValueError / TypeError naming the argument and value.
@@ -172,10 +177,18 @@ def load_source(
         raise ValueError("no_merge=True builds the model without merges; a prior has nothing to guide")
     if prior_weight is not None and prior is None:
         raise ValueError(f"prior_weight={prior_weight!r} needs a prior (pass prior=PATH)")
+    if method not in MERGE_METHODS:
+        raise ValueError(f"method must be one of {MERGE_METHODS}, got {method!r}")
+    if method == "tome" and no_merge:
+        raise ValueError("no_merge=True builds the model without merges; method='tome' has nothing to merge")
+    if method == "tome" and prior is not None:
+        raise ValueError("method='tome' takes no prior; ToMe matches on attention keys only")
     options = dict(schedule=schedule, no_merge=no_merge, precision=precision, batch=batch,
                    seq_len=seq_len, debug_outputs=debug_outputs, seed=int(seed))
     if prior is not None:
         options.update(prior=prior, prior_weight=prior_weight)
+    if method != "quickmerge":  # loaders written before ToMe need not take the option
+        options["method"] = method
     for predicate, loader in _LOADERS:
         if predicate(source):
             return loader(source, **options)
@@ -279,17 +292,19 @@ def _declared_shapes(recipe: Recipe, shapes: Mapping[str, tuple[int, ...]], seq_
 def recipe_source(
     recipe: Recipe, *, schedule: Any = None, no_merge: bool = False, precision: str | None = None,
     batch: int | None = None, seq_len: int | None = None, debug_outputs: bool = False, seed: int = 0,
-    prior: str | Path | None = None, prior_weight: float | None = None,
+    prior: str | Path | None = None, prior_weight: float | None = None, method: str = "quickmerge",
 ) -> LoadedModel:
     """Build the :class:`LoadedModel` of a recipe (see :func:`load_source` for the options)."""
     cls = family_class(recipe.family)
+    cls.check_method(method)
     config = cls.config_class.from_mapping(recipe.config, where=f"recipe {recipe.path}: model.config")
     spec = None if no_merge else (recipe.merge.schedule if schedule is None else schedule)
     merge_options = recipe.merge_options()
     if prior is not None:
         merge_options["prior_weight"] = DEFAULT_PRIOR_WEIGHT if prior_weight is None else prior_weight
     try:
-        model = cls(config, spec, merge_options=merge_options, prior_config=recipe.merge.prior, seed=seed)
+        model = cls(config, spec, merge_options=merge_options, prior_config=recipe.merge.prior, seed=seed,
+                    method=method)
     except (TypeError, ValueError) as err:
         where = "schedule" if schedule is not None else f"recipe {recipe.path}: key 'merge'"
         raise type(err)(f"{where}: {err}") from None
@@ -313,7 +328,7 @@ def recipe_source(
     export_module = make_export_module(
         model, cls.input_names, model.output_names(),
         lambda out: (model.flat_outputs(out), out.merges),
-        debug_outputs=debug_outputs, n_merges=len(model.merge_layers),
+        debug_outputs=debug_outputs and method == "quickmerge", n_merges=len(model.merge_layers),
     ).eval()
     return LoadedModel(
         model=model,

@@ -2,7 +2,9 @@
 
 Layer ``l`` runs ``attend`` (attention sub-block over the current tokens, bias from the token
 state), then, if the schedule merges in ``l``, :func:`~qm_export.models.merge_step.merge_step`
-on the residual stream, then ``feed_forward`` (MLP sub-block) on the merged tokens. Merging
+on the residual stream (or, with ``method="tome"``, the ToMe baseline
+:func:`~qm_export.merge.tome_export.tome_merge`, matching on the layer's keys averaged over
+heads, to the same token counts), then ``feed_forward`` (MLP sub-block) on the merged tokens. Merging
 between the halves lets the merge read the layer's own attention probabilities, and the MLP,
 the larger half of the layer's cost, already runs on fewer tokens.
 
@@ -20,12 +22,38 @@ from torch import nn
 
 from ..merge import AutoregressivePrior, QuickMergeConfig
 from ..merge.quickmerge import MergeInfo
+from ..merge.tome_export import ToMeInfo, tome_merge
 from .layers import Block
 from .merge_step import merge_step, push_history, scale_feature
 from .merging import TokenState, attention_bias, real_sizes
 from .schedule import MergeSchedule
 
-__all__ = ["LayerCache", "StackOutput", "MergingStack", "seeded"]
+__all__ = ["LayerCache", "StackOutput", "MergingStack", "seeded", "MERGE_METHODS", "check_method"]
+
+#: Merge methods of a stack: QuickMerge++ (the spec) or the ToMe baseline at the same counts.
+MERGE_METHODS = ("quickmerge", "tome")
+
+
+def check_method(method: str, schedule: MergeSchedule, *, causal: bool = False, what: str = "this model") -> None:
+    """Refuse an unknown ``method``, and ToMe where it cannot run.
+
+    ToMe's bipartite matching ignores token order (a causal-mode schedule or a ``causal``
+    stack is refused), takes no prior (``prior_weight > 0`` is refused) and keeps at most one
+    class token.
+    """
+    if method not in MERGE_METHODS:
+        raise ValueError(f"method must be one of {MERGE_METHODS}, got {method!r}")
+    if method != "tome":
+        return
+    if causal or schedule.mode == "causal":
+        raise ValueError(
+            f"method='tome' cannot merge {what}: it merges in causal mode, and ToMe's bipartite matching "
+            "ignores token order (a merged token could see later tokens); use method='quickmerge'"
+        )
+    if float(schedule.options.get("prior_weight", 0.0)) > 0:
+        raise ValueError("method='tome' takes no prior (prior_weight > 0); ToMe matches on attention keys only")
+    if schedule.protect not in (0, 1):
+        raise ValueError(f"method='tome' supports protect 0 or 1 (a class token), got protect={schedule.protect}")
 
 
 @dataclass
@@ -53,7 +81,8 @@ class StackOutput:
     """What :meth:`MergingStack.forward` returns.
 
     - ``hidden`` ``(B, M, D)`` and ``state``: the final tokens and their state.
-    - ``merges``: quickmerge's info of every merge, in layer order.
+    - ``merges``: quickmerge's info of every merge, in layer order (ToMe's
+      :class:`~qm_export.merge.tome_export.ToMeInfo` with ``method="tome"``).
     - ``tokens``: tokens entering each layer, then the number leaving the last (``depth + 1``).
     - ``cache``: per-layer :class:`LayerCache` (``collect_cache=True``), else None.
     - ``attentions``: per layer ``(probs (B, H, M, M), positions (B, M))`` when asked for.
@@ -61,7 +90,7 @@ class StackOutput:
 
     hidden: torch.Tensor
     state: TokenState
-    merges: list[MergeInfo]
+    merges: list[MergeInfo | ToMeInfo]
     tokens: list[Any]
     cache: list[LayerCache] | None = None
     attentions: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -99,6 +128,9 @@ class MergingStack(nn.Module):
         prior_config: ``AutoregressivePrior`` arguments (``width``, ``layers``, ``heads``)
             for the per-merge-layer priors built when ``prior_weight > 0``.
         seed: seed of the priors' random init (the blocks use the caller's RNG).
+        method: ``"quickmerge"`` (default) or ``"tome"``: ToMe merges the same layers to the
+            same token counts, matching on the layer's keys averaged over heads
+            (:func:`check_method` says where it cannot run).
     """
 
     def __init__(
@@ -114,9 +146,12 @@ class MergingStack(nn.Module):
         schedule: MergeSchedule,
         prior_config: Mapping[str, int] | None = None,
         seed: int = 0,
+        method: str = "quickmerge",
     ) -> None:
         super().__init__()
         schedule.check_layers(depth)
+        check_method(method, schedule, causal=causal)
+        self.method = method
         self.causal = causal
         self.schedule = schedule
         self.blocks = nn.ModuleList(
@@ -147,7 +182,8 @@ class MergingStack(nn.Module):
         """Run the layers on ``h`` ``(B, M, D)`` with token ``state``; merges per the schedule."""
         saliency, scales = self.schedule.saliency, self.schedule.scales
         history: list[torch.Tensor] = []
-        merges: list[MergeInfo] = []
+        merges: list[MergeInfo | ToMeInfo] = []
+        tome = self.method == "tome"
         tokens: list[Any] = [h.shape[1]]
         cache: list[LayerCache] = []
         attentions: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -161,8 +197,12 @@ class MergingStack(nn.Module):
                 attentions.append((a.probs, state.positions))
             cfg = self.configs.get(layer)
             if cfg is None:
-                if scales > 1:
+                if scales > 1 and not tome:
                     history = push_history(history, scale_feature(saliency, a.probs, h), scales)
+            elif tome:
+                h, state, tome_info = tome_merge(h, state, cfg, a.metric)
+                merges.append(tome_info)
+                bias = attention_bias(state, self.causal, h.dtype)
             else:
                 prior = self.priors[str(layer)] if str(layer) in self.priors else None
                 if prior is None and cfg.prior_weight > 0:  # a layer without a (fitted) prior

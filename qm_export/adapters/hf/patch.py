@@ -33,6 +33,8 @@ _FAMILIES: tuple[Family, ...] = (BERT, VIT, GPT2)
 _HEADS = {"vit": ("ViTForImageClassification",), "causal-lm": ("GPT2LMHeadModel",)}
 METHODS = ("quickmerge", "tome")
 METRICS = ("keys", "hidden")
+#: ToMe's step: per row, eager (the quality benchmark's) or batched and exportable.
+TOME_IMPLS = ("rows", "batched")
 #: ``prior_weight`` used when a prior is given without one.
 DEFAULT_PRIOR_WEIGHT = 0.3
 
@@ -117,6 +119,7 @@ def apply_quickmerge(
     per_row_keep: bool = True,
     context_length: int | None = None,
     generator: torch.Generator | None = None,
+    tome_impl: str = "rows",
     **options: Any,
 ) -> nn.Module:
     """Patch a supported Hugging Face model in place with QuickMerge++ and return it.
@@ -145,6 +148,11 @@ def apply_quickmerge(
         context_length: GPT-2 only: merge only the first tokens (a per-call ``context_length``
             keyword of the forward overrides it).
         generator: random source of the Gumbel selection in ``train()`` mode.
+        tome_impl: ToMe's step (``method="tome"``): ``"rows"`` (default; eager, a loop over
+            rows, each row loses exactly the real tokens QuickMerge++ removes there, at most
+            half per layer) or ``"batched"`` (:func:`~qm_export.merge.tome_export.tome_merge`:
+            exportable, several passes per layer when needed, ``K`` from the padded length as
+            in the spec, ``per_row_keep`` not applied). Both agree on unpadded rows.
         **options: further :class:`QuickMergeConfig` fields (``tau``, ``eps``, ``sim_temp``,
             ``refine_iters``, ``high_entropy_salient``).
 
@@ -164,6 +172,8 @@ def apply_quickmerge(
         metric = "keys" if method == "tome" else "hidden"
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if tome_impl not in TOME_IMPLS:
+        raise ValueError(f"tome_impl must be one of {TOME_IMPLS}, got {tome_impl!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     mode = family.default_mode if mode is None else mode
@@ -192,6 +202,7 @@ def apply_quickmerge(
             raise ValueError("the ToMe baseline takes no prior")
     patch = QuickMergePatch(
         family, plan, method=method, metric=metric, priors=priors, generator=generator, context_length=context_length,
+        tome_impl=tome_impl,
     )
     ref = next(base.parameters(), None)
     if ref is not None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ...merge.indexing import running_count
 from ...merge.quickmerge import MergeInfo
+from ...merge.tome_export import ToMeInfo, tome_merge
 from ...models.merging import TokenState, unmerge_to_input
 from ...models.schedule import MergeSchedule
 from .attention import attention_bias
@@ -54,18 +55,21 @@ class Recorder:
         capture_layers: layers whose post-attention states are kept in ``inputs`` (any layer).
         inputs: ``(layer, hidden (B, M, D), mask (B, M), positions (B, M), n_ctx)`` per capture.
         merges: ``(layer, info)`` per QuickMerge++ merge, in order (``info`` as
-            :func:`quickmerge` returns it: ``assign``, ``seeds``, ``saliency``, ...).
+            :func:`quickmerge` returns it: ``assign``, ``seeds``, ``saliency``, ...), and per
+            batched ToMe merge (``tome_impl="batched"``: a ``ToMeInfo``, no ``seeds``).
     """
 
     capture_layers: frozenset[int] = frozenset()
     inputs: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, int | None]] = field(default_factory=list)
-    merges: list[tuple[int, MergeInfo]] = field(default_factory=list)
+    merges: list[tuple[int, MergeInfo | ToMeInfo]] = field(default_factory=list)
 
 
 class QuickMergePatch(nn.Module):
     """State of a patch; registered on the base model as ``base.quickmerge``.
 
-    ``method`` is ``"quickmerge"`` or ``"tome"``; ``metric`` is ``"keys"`` (attention keys
+    ``method`` is ``"quickmerge"`` or ``"tome"``; ``tome_impl`` is ToMe's step: ``"rows"``
+    (eager, per row: :func:`~.steps.tome_step`) or ``"batched"`` (exportable:
+    :func:`~qm_export.merge.tome_export.tome_merge`); ``metric`` is ``"keys"`` (attention keys
     averaged over heads, as ToMe) or ``"hidden"``; ``priors`` maps a layer index (as a string)
     to its prior. The base model's ``training`` flag picks Gumbel (train) or deterministic
     (eval) selection.
@@ -81,11 +85,13 @@ class QuickMergePatch(nn.Module):
         priors: dict[int, nn.Module],
         generator: torch.Generator | None,
         context_length: int | None,
+        tome_impl: str = "rows",
     ) -> None:
         super().__init__()
         self.family = family
         self.plan = plan
         self.method = method
+        self.tome_impl = tome_impl
         self.metric = metric
         self.priors = nn.ModuleDict({str(layer): RankPositions(p) for layer, p in priors.items()})
         self.generator = generator
@@ -94,7 +100,8 @@ class QuickMergePatch(nn.Module):
         self.window_layers = _window_layers(plan)
 
     def extra_repr(self) -> str:
-        return f"family={self.family.name}, method={self.method}, schedule={self.plan.describe()!r}"
+        method = f"{self.method} ({self.tome_impl})" if self.method == "tome" else self.method
+        return f"family={self.family.name}, method={method}, schedule={self.plan.describe()!r}"
 
 
 @contextmanager
@@ -152,7 +159,11 @@ def run_layers(
         config = plan.config_for(i)
         if config is not None:
             metric = keys.mean(1) if patch.metric == "keys" else h1
-            if patch.method == "tome":
+            if patch.method == "tome" and patch.tome_impl == "batched":
+                h1, state, tome_info = tome_merge(h1, state, config, metric)
+                if recorder is not None:
+                    recorder.merges.append((i, tome_info))
+            elif patch.method == "tome":
                 h1, state = tome_step(h1, state, config, metric)
             else:
                 prior = patch.priors[str(i)] if str(i) in patch.priors else None

@@ -19,7 +19,7 @@ from torch import nn
 from ...models.schedule import MergeSchedule
 from ...models.source import LoadedModel
 from ...recipes import ExportDefaults, ShapeProfile, Tolerance
-from .patch import SUPPORTED, apply_quickmerge, resolve_base
+from .patch import METHODS, SUPPORTED, apply_quickmerge, resolve_base
 from .runner import QuickMergePatch, recording
 
 __all__ = ["load_hf_model", "load_hf_source", "PRECISIONS", "TOLERANCES"]
@@ -85,7 +85,7 @@ class _ExportBase(nn.Module):
     def _run(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         base, _ = resolve_base(self.model)
         patch = getattr(base, "quickmerge", None)
-        if not (self.debug and isinstance(patch, QuickMergePatch)):
+        if not (self.debug and isinstance(patch, QuickMergePatch) and patch.method == "quickmerge"):
             out = self.model(**inputs)
             return tuple(out[name] for name in self.output_names)
         with recording(patch) as recorder:
@@ -140,6 +140,7 @@ def load_hf_source(
     seed: int = 0,
     prior: str | Path | None = None,
     prior_weight: float | None = None,
+    method: str = "quickmerge",
 ) -> LoadedModel:
     """Load a local Hugging Face model folder, patch it, and describe it for export.
 
@@ -155,11 +156,23 @@ def load_hf_source(
         seed: seed of the example inputs.
         prior, prior_weight: a prior fitted by ``qm-export fit-prior`` for one merge layer
             (named in its metadata) and its weight (default 0.3).
+        method: ``"quickmerge"`` or ``"tome"``: the ToMe baseline at the same layers and token
+            counts, with the batched, exportable step (``tome_impl="batched"``); a ToMe model
+            has no debug merge outputs. Refused for GPT-2 (causal), with a prior or ``no_merge``.
     """
     from ...priors.samples import image_batch
 
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "tome" and (no_merge or prior is not None):
+        raise ValueError("method='tome' needs merges and takes no prior (got no_merge or a prior)")
     model, tokenizer = load_hf_model(path, precision=precision)
     base, family = resolve_base(model)
+    if method == "tome" and family.default_mode == "causal":
+        raise ValueError(
+            f"method='tome' cannot merge {type(base).__name__}: it is a causal model, and ToMe's bipartite "
+            "matching ignores token order; use method='quickmerge'"
+        )
     num_layers = len(family.layers(base))
     plan = None
     if not no_merge:
@@ -173,6 +186,8 @@ def load_hf_source(
             options["prior"] = {layer: prior}
             if prior_weight is not None:
                 options["prior_weight"] = prior_weight
+        if method == "tome":
+            options.update(method="tome", tome_impl="batched")
         apply_quickmerge(model, default_schedule(num_layers) if schedule is None else schedule, **options)
         plan = base.quickmerge.plan
     batch = 2 if batch is None else int(batch)
@@ -213,7 +228,7 @@ def load_hf_source(
     output_names = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
     export_module = module_cls(model, output_names, debug_outputs).eval()
     merge_layers = tuple(plan.layers) if plan is not None else ()
-    if debug_outputs:
+    if debug_outputs and method == "quickmerge":
         output_names = output_names + [n for i in range(len(merge_layers)) for n in (f"merge{i}_assign", f"merge{i}_seeds")]
 
     def shape_of(name: str, b: int, s: int | None) -> tuple[int, ...]:
@@ -237,7 +252,7 @@ def load_hf_source(
             return [n] * (num_layers + 1)
         with torch.no_grad(), recording(patch) as rec:
             model(**dict(zip(input_names, inputs)))
-        after = {layer: int(info["seeds"].shape[1]) + plan.protect for layer, info in rec.merges}
+        after = {layer: int(info["mask"].shape[1]) for layer, info in rec.merges}  # P + K
         counts = []
         for i in range(num_layers):
             counts.append(n)

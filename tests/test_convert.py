@@ -113,7 +113,7 @@ def test_cli_convert_json_report(tmp_path):
     assert report["parity"]["ok"] is True
     assert report["schedule"] == "1:0.5"
     assert report["tokens_per_layer"][1] == 17 and report["tokens_per_layer"][2] == 9  # 1 + 16 -> 1 + 8
-    assert {r["backend"] for r in report["parity"]["results"]} == {"onnxruntime", "onnx-reference"}
+    assert {r["backend"] for r in report["parity"]["results"]} == {"ort", "onnx-ref"}
     assert report["export"]["qm_nodes"]["TokenGroupIndex"] == 1
     assert out.is_file()
 

@@ -19,7 +19,7 @@ class OrtRunner:
         threads: intra-op threads (default: ORT's choice).
     """
 
-    name = "onnxruntime"
+    name = "ort"
 
     def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None,
                  threads: int | None = None) -> None:

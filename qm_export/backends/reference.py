@@ -26,7 +26,7 @@ def _gather_elements_op() -> type:
 class ReferenceRunner:
     """Run an ONNX file with ``onnx.reference.ReferenceEvaluator`` (model-local functions included)."""
 
-    name = "onnx-reference"
+    name = "onnx-ref"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         import onnx

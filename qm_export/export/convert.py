@@ -8,6 +8,8 @@ from typing import Any
 
 from .files import check_output_path
 from .onnx_export import ExportedModel, export_onnx, metadata_json
+from .parity import near_tie_for
+from .provenance import provenance_of
 from .verify import VerifyReport, verify_export
 
 __all__ = ["ConvertOptions", "ConvertReport", "run_convert", "declared_shapes", "TINY_REFERENCE_LIMIT"]
@@ -134,7 +136,7 @@ def _print_verify(console: Any, verify: VerifyReport) -> None:
         assign_nt = sum(layer.assign_near_ties for layer in r.layers)
         worst = max(r.outputs, key=lambda o: o.max_abs / max(o.atol, 1e-12), default=None)
         table.add_row(
-            r.backend.replace("onnx-reference", "onnx.reference"),
+            r.backend,
             "x".join(map(str, next(iter(r.inputs.values())))),
             f"{seeds} ({seed_nt})", f"{assigns} ({assign_nt})", str(r.bugs),
             f"{worst.max_abs:.1e} {worst.name}" if worst else "-",
@@ -181,6 +183,7 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
         "qm_export.merge_layers": metadata_json(list(loaded.merge_layers)),
         "qm_export.tolerances": metadata_json({k: vars(v) for k, v in loaded.tolerances.items()}),
         **_profile_metadata(loaded),
+        **provenance_of(options, loaded).to_metadata(),
     }
     with console.status(f"exporting to ONNX (opset {opset}, {options.merge_impl})"):
         exported = export_onnx(
@@ -215,7 +218,7 @@ def run_convert(options: ConvertOptions, console: Any = None) -> ConvertReport:
             with console.status("checking parity (torch vs ONNX Runtime)") as status:
                 report.verify = verify_export(
                     loaded, exported, input_sets, runners,
-                    atol=float(tol.max_abs), rtol=float(tol.max_rel or 0.0),
+                    atol=float(tol.max_abs), rtol=float(tol.max_rel or 0.0), near_tie=near_tie_for(precision),
                     progress=lambda msg: status.update(f"checking parity: {msg}"),
                 )
             _print_verify(console, report.verify)

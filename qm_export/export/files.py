@@ -21,6 +21,7 @@ __all__ = [
     "atomic_write_text",
     "check_output_path",
     "replace_atomically",
+    "user_mode",
 ]
 
 
@@ -64,16 +65,27 @@ def replace_atomically(files: Sequence[Path], folder: Path) -> list[Path]:
     return moved
 
 
+def user_mode(directory: bool = False) -> int:
+    """The permission bits a new file (or folder) gets under the user's umask (``mkstemp`` and
+    ``mkdtemp`` make private ones, 0600 / 0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside ``path`` (same suffix, so writers that go by it still work);
-    when the block succeeds it is moved onto ``path`` with ``os.replace``, otherwise removed."""
+    when the block succeeds it is moved onto ``path`` with ``os.replace`` (with the user's
+    umask permissions), otherwise removed."""
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, user_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ import onnx_ir.passes.common as ir_passes
 
 from .. import __version__
 from .files import OutputPathError, check_output_path, replace_atomically
+from .merge_nodes import QM_PREFIX, qm_node_name, tag_merge_nodes
 from .rewrites import rewrite_bool_where
 
 __all__ = [
@@ -47,6 +48,7 @@ DEBUG_PREFIX = "merge"
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 log = logging.getLogger(__name__)
+_QM_CALL_KEY = "qm_export.qm_call"
 
 
 def is_debug_output(name: str) -> bool:
@@ -176,7 +178,17 @@ def _attach_functions(model: ir.Model) -> None:
 
 
 def _inline(model: ir.Model) -> None:
+    # Mark the qm call nodes; their inlined bodies inherit the call's metadata, and are named
+    # after it so that profilers attribute them to the merge (see merge_nodes).
+    for node in model.graph:
+        if node.domain == "qm":
+            node.metadata_props[_QM_CALL_KEY] = f"{node.op_type}/{node.name}"
     ir_passes.InlinePass()(model)
+    for i, node in enumerate(model.graph):
+        call = node.metadata_props.pop(_QM_CALL_KEY, None)
+        if call is not None:
+            op, _, name = call.partition("/")
+            node.name = qm_node_name(op, f"{name.removeprefix(QM_PREFIX + op + '/')}/{node.name or i}")
     ir_passes.RemoveUnusedFunctionsPass()(model)
     model.opset_imports.pop("qm", None)
     remaining = [n.op_type for n in model.graph.all_nodes() if n.domain == "qm"]
@@ -184,11 +196,28 @@ def _inline(model: ir.Model) -> None:
         raise RuntimeError(f"inlining left qm nodes behind: {remaining}")
 
 
-def _strip_debug_outputs(model: ir.Model) -> None:
+def _strip_debug_outputs(model: ir.Model) -> str | None:
+    """Drop the debug outputs and the nodes only they needed; returns the debug twin's recipe
+    (those nodes, initializers and outputs; see :mod:`.debug_twin`)."""
+    from .debug_twin import twin_recipe
+
+    debug = [v for v in model.graph.outputs if is_debug_output(v.name or "")]
+    # Serialized now: removing a node disconnects its inputs.
+    nodes_before = [(n, ir.serde.serialize_node(n)) for n in model.graph]
+    inits_before = dict(model.graph.initializers)
     keep = [v for v in model.graph.outputs if not is_debug_output(v.name or "")]
     model.graph.outputs.clear()
     model.graph.outputs.extend(keep)
     ir_passes.RemoveUnusedNodesPass()(model)
+    kept = {id(n) for n in model.graph}
+    removed = [proto for n, proto in nodes_before if id(n) not in kept]
+    inits = []
+    for name, value in inits_before.items():
+        if name not in model.graph.initializers and value.const_value is not None:
+            tensor = ir.serde.serialize_tensor(value.const_value)
+            tensor.name = name
+            inits.append(tensor)
+    return twin_recipe(removed, inits, [ir.serde.serialize_value(v) for v in debug])
 
 
 def _weight_bytes(model: ir.Model) -> int:
@@ -259,6 +288,7 @@ def export_onnx(
     start = time.perf_counter()
     model = trace_to_ir(loaded, opset) if traced is None else ir.from_proto(ir.to_proto(traced))
     rewrite_bool_where(model)
+    tag_merge_nodes(model)
     _attach_functions(model)
     if merge_impl == "inline":
         _inline(model)
@@ -273,7 +303,11 @@ def export_onnx(
         debug_path = Path(tmpdir.name) / out.name
         _save(model, debug_path, external)
         if not debug_outputs:
-            _strip_debug_outputs(model)
+            recipe = _strip_debug_outputs(model)
+            if recipe is not None:
+                from .debug_twin import TWIN_KEY
+
+                model.metadata_props[TWIN_KEY] = recipe
         nodes, fn_nodes, qm_nodes, functions = _count(model)
         with tempfile.TemporaryDirectory(prefix=".qm-export-", dir=out.parent) as staging:
             staged = Path(staging) / out.name

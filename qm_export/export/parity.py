@@ -3,10 +3,13 @@
 Selection must agree exactly except at the spec's near-ties, judged on torch's own float32
 numbers (recorded with :func:`qm_export.merge.recording.record_merges`):
 
-- a seed flip is a near-tie when the saliency gap of the swapped tokens is at most ``1e-4``, or
+- a seed flip is a near-tie when the saliency gap of the swapped tokens is at most ``δ``, or
   the row is degenerate (some scale's entropy range below ``1e-3``);
 - in a row whose seeds agree, an assignment flip is a near-tie when the token's similarity to the
-  two groups differs by at most ``1e-4``;
+  two groups differs by at most ``δ``;
+- ``δ`` follows the precision of the layers feeding the merge (:data:`NEAR_TIE_BY_PRECISION`:
+  ``1e-4`` fp32, ``5e-3`` fp16, ``4e-2`` bf16): reduced-precision layers make the merge's inputs
+  differ between runtimes by a few units of that precision; selection maths stays float32;
 - once a row's selection differs in a layer, every later layer of that row sees different
   inputs: its flips are counted as consequences, not judged, and its outputs are left out of
   the value tolerance (and reported).
@@ -25,6 +28,8 @@ from ..merge.recording import MergeRecord
 
 __all__ = [
     "NEAR_TIE",
+    "NEAR_TIE_BY_PRECISION",
+    "near_tie_for",
     "DEGENERATE_RANGE",
     "Flip",
     "LayerSelection",
@@ -35,7 +40,21 @@ __all__ = [
 ]
 
 NEAR_TIE = 1e-4
+#: The near-tie gap ``δ`` per precision of the layers feeding the merge (spec §3, "Parity").
+NEAR_TIE_BY_PRECISION = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 4e-2}
 DEGENERATE_RANGE = 1e-3
+
+
+def near_tie_for(precision: str | None) -> float:
+    """``δ`` of a precision (``"fp32"``, ``"fp16"``, ``"bf16"``; None: fp32).
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    key = precision or "fp32"
+    if key not in NEAR_TIE_BY_PRECISION:
+        raise ValueError(f"precision must be one of {list(NEAR_TIE_BY_PRECISION)}, got {precision!r}")
+    return NEAR_TIE_BY_PRECISION[key]
 
 
 @dataclass
@@ -108,7 +127,8 @@ class ParityResult:
         return data
 
 
-def _judge_seeds(rec: MergeRecord, row: int, t_seeds: np.ndarray, o_seeds: np.ndarray) -> tuple[str, float | None, list[int]]:
+def _judge_seeds(rec: MergeRecord, row: int, t_seeds: np.ndarray, o_seeds: np.ndarray,
+                 near_tie: float) -> tuple[str, float | None, list[int]]:
     p = rec.config.protect
     sal = rec.saliency[row].float().cpu().numpy()
     n_local = sal.shape[0]
@@ -122,17 +142,18 @@ def _judge_seeds(rec: MergeRecord, row: int, t_seeds: np.ndarray, o_seeds: np.nd
         return "bug", None, tokens
     gap = max(abs(float(sal[a - p]) - float(sal[b - p])) for a, b in zip(lost, gained))
     degenerate = float(rec.entropy_range[row]) < DEGENERATE_RANGE
-    return ("near-tie" if gap <= NEAR_TIE or degenerate else "bug"), gap, tokens
+    return ("near-tie" if gap <= near_tie or degenerate else "bug"), gap, tokens
 
 
 def compare_selection(
-    records: Sequence[MergeRecord], others: Sequence[tuple[np.ndarray, np.ndarray]]
+    records: Sequence[MergeRecord], others: Sequence[tuple[np.ndarray, np.ndarray]], near_tie: float = NEAR_TIE
 ) -> tuple[list[LayerSelection], list[Flip], set[int]]:
     """Compare torch's recorded merges with another runtime's ``(assign, seeds)`` per layer.
 
     Args:
         records: torch's :class:`MergeRecord` per merge layer, in order.
         others: the other runtime's ``assign (B, N)`` and ``seeds (B, K)`` per merge layer.
+        near_tie: ``δ``, the largest gap judged a near-tie (:func:`near_tie_for`).
 
     Returns:
         per-layer summaries, every flip, and the rows whose values may differ: those whose
@@ -173,7 +194,7 @@ def compare_selection(
                 continue
             diverged.add(row)
             if seeds_differ:
-                status, gap, tokens = _judge_seeds(rec, row, t_seeds[row], o_seeds[row])
+                status, gap, tokens = _judge_seeds(rec, row, t_seeds[row], o_seeds[row], near_tie)
                 summary.seed_flip_rows += 1
                 summary.seed_near_ties += status == "near-tie"
                 summary.bugs += status == "bug"
@@ -186,7 +207,8 @@ def compare_selection(
             mass_bound = bool(degenerate[row]) and rec.config.refine_iters > 0
             for tok in assign_diff.tolist():
                 summary.assign_flips += 1
-                status, gap, detail = _judge_assign(rec, row, tok, int(t_assign[row, tok]), int(o_assign[row, tok]), p)
+                status, gap, detail = _judge_assign(rec, row, tok, int(t_assign[row, tok]), int(o_assign[row, tok]), p,
+                                                    near_tie)
                 if status == "bug" and mass_bound and "may not join" not in detail and "outside" not in detail:
                     status, detail = "near-tie", detail + " (degenerate row, refined by masses)"
                 summary.assign_near_ties += status == "near-tie"
@@ -197,7 +219,8 @@ def compare_selection(
     return layers, flips, diverged
 
 
-def _judge_assign(rec: MergeRecord, row: int, tok: int, jt: int, jo: int, p: int) -> tuple[str, float | None, str]:
+def _judge_assign(rec: MergeRecord, row: int, tok: int, jt: int, jo: int, p: int,
+                  near_tie: float) -> tuple[str, float | None, str]:
     k = rec.similarity.shape[2]
     i, a, b = tok - p, jt - p, jo - p
     if i < 0:
@@ -208,7 +231,7 @@ def _judge_assign(rec: MergeRecord, row: int, tok: int, jt: int, jo: int, p: int
         return "bug", None, f"token {tok} joined group {jo}, which it may not join"
     sim = rec.similarity[row, i]
     gap = abs(float(sim[a]) - float(sim[b]))
-    status = "near-tie" if gap <= NEAR_TIE else "bug"
+    status = "near-tie" if gap <= near_tie else "bug"
     return status, gap, f"torch group {jt}, other {jo}"
 
 

@@ -1,9 +1,10 @@
 """Parity of an exported model against torch eval on seeded inputs (library side of ``convert``).
 
-For each input set: run torch under :func:`record_merges`, run the runtime on the debug model
-(whose outputs include every merge's ``assign``/``seeds``), compare selection with the near-tie
-rules of :mod:`.parity` and values with the precision's tolerance; then check that the saved
-model (debug outputs stripped) gives bit-identical outputs to the verified debug model.
+The comparison itself is :func:`qm_export.validate.compare.compare_backends` (the same code
+``qm-export validate`` runs): torch under :func:`record_merges` as the reference, each runtime
+on the debug model (whose outputs include every merge's ``assign``/``seeds``), selection judged
+with the near-tie rules of :mod:`.parity`, values with the precision's tolerance. Then the saved
+model (debug outputs stripped) must give bit-identical outputs to the verified debug model.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import numpy as np
 import torch
 
 from ..backends import Runner
-from ..merge.recording import record_merges
-from .onnx_export import ExportedModel, is_debug_output
-from .parity import ParityResult, compare_outputs, compare_selection
+from ..backends.torch_runner import TorchRunner, to_numpy
+from .onnx_export import ExportedModel
+from .parity import NEAR_TIE, ParityResult
 
 __all__ = ["VerifyReport", "verify_export", "run_torch", "to_numpy_feeds"]
 
@@ -29,6 +30,7 @@ class VerifyReport:
 
     results: list[ParityResult] = field(default_factory=list)
     saved_matches_debug: bool | None = None
+    near_tie: float = NEAR_TIE
 
     @property
     def ok(self) -> bool:
@@ -42,6 +44,7 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "near_tie": self.near_tie,
             "saved_matches_debug": self.saved_matches_debug,
             "totals": self.counts(),
             "results": [r.to_json() for r in self.results],
@@ -59,29 +62,11 @@ def to_numpy_feeds(names: Sequence[str], inputs: Sequence[torch.Tensor]) -> dict
     return feeds
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        t = t.float()
-    return t.numpy()
-
-
 def run_torch(loaded: Any, inputs: Sequence[torch.Tensor]) -> tuple[dict[str, np.ndarray], list]:
     """Torch eval outputs by name and the merge records of the forward pass."""
-    with torch.no_grad(), record_merges() as records:
-        outs = loaded.export_module(*inputs)
-    if isinstance(outs, torch.Tensor):
-        outs = (outs,)
-    return {n: _numpy(o) for n, o in zip(loaded.output_names, outs)}, list(records)
-
-
-def _layer_pairs(outputs: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    pairs = []
-    i = 0
-    while f"merge{i}_assign" in outputs:
-        pairs.append((outputs[f"merge{i}_assign"], outputs[f"merge{i}_seeds"]))
-        i += 1
-    return pairs
+    runner = TorchRunner(loaded)
+    outs = runner.run({n: to_numpy(t) for n, t in zip(loaded.input_names, inputs)})
+    return outs, runner.records
 
 
 def verify_export(
@@ -92,6 +77,7 @@ def verify_export(
     *,
     atol: float,
     rtol: float = 0.0,
+    near_tie: float = NEAR_TIE,
     progress: Callable[[str], None] | None = None,
 ) -> VerifyReport:
     """Check ``exported`` against torch on every input set with every runner factory.
@@ -101,9 +87,15 @@ def verify_export(
         exported: the export result (its ``debug_path`` is run).
         input_sets: seeded inputs, one tuple per shape.
         runners: factories ``path -> Runner`` (e.g. ``OrtRunner``).
-        atol, rtol: value tolerance of the precision.
+        atol, rtol: value tolerance of the precision; near_tie: its ``δ``.
+
+    Raises:
+        ValueError: a runtime cannot load or run the exported model.
     """
-    report = VerifyReport()
+    from ..backends.onnxruntime import OrtRunner
+    from ..validate.compare import compare_backends
+
+    report = VerifyReport(near_tie=near_tie)
     names = list(loaded.input_names)
     loaded_runners = []
     for factory in runners:
@@ -112,30 +104,17 @@ def verify_export(
         except Exception as err:  # a runtime that cannot load the file: a finding, not a crash
             name = getattr(factory, "name", getattr(factory, "__name__", "runtime"))
             raise ValueError(f"{name} cannot load the exported model: {err}") from None
-    first_outputs: dict[str, np.ndarray] | None = None
-    for inputs in input_sets:
-        torch_out, records = run_torch(loaded, inputs)
-        feeds = to_numpy_feeds(names, inputs)
-        shapes = {n: list(t.shape) for n, t in zip(names, inputs)}
-        batch = int(inputs[0].shape[0])
-        main_torch = {k: v for k, v in torch_out.items() if not is_debug_output(k)}
-        for runner in loaded_runners:
-            if progress:
-                progress(f"{runner.name} on {shapes}")
-            other = runner.run(feeds)
-            if first_outputs is None and runner.name == "onnxruntime":
-                first_outputs = other
-            layers, flips, diverged = compare_selection(records, _layer_pairs(other))
-            outputs = compare_outputs(main_torch, {k: v for k, v in other.items() if not is_debug_output(k)},
-                                      atol=atol, rtol=rtol, exclude_rows=diverged, batch=batch)
-            report.results.append(ParityResult(runner.name, shapes, layers, outputs, flips))
-    if exported.path != exported.debug_path and input_sets:
-        from ..backends.onnxruntime import OrtRunner
-
-        saved = OrtRunner(exported.path).run(to_numpy_feeds(names, input_sets[0]))
-        if first_outputs is None:
-            first_outputs = OrtRunner(exported.debug_path).run(to_numpy_feeds(names, input_sets[0]))
-        report.saved_matches_debug = all(
-            np.array_equal(saved[k], first_outputs[k], equal_nan=True) for k in saved
-        )
+    feeds = [to_numpy_feeds(names, inputs) for inputs in input_sets]
+    comp = compare_backends(TorchRunner(loaded), loaded_runners, feeds, near_tie=near_tie, atol=atol, rtol=rtol,
+                            progress=progress, keep_outputs=True)
+    if comp.failures:
+        name, why = next(iter(comp.failures.items()))
+        raise ValueError(f"{name} failed to run the exported model: {why}")
+    report.results = comp.results
+    if exported.path != exported.debug_path and feeds:
+        saved = OrtRunner(exported.path).run(feeds[0])
+        first = comp.outputs.get("ort", [None])[0]
+        if first is None:
+            first = OrtRunner(exported.debug_path).run(feeds[0])
+        report.saved_matches_debug = all(np.array_equal(saved[k], first[k], equal_nan=True) for k in saved)
     return report

@@ -76,7 +76,10 @@ def register_qm_plugins() -> None:
         raise BuildError(
             "qm_export_plugins has no register_plugins(); this qm-export install ships no TensorRT plugins"
         )
-    register()
+    try:
+        register()
+    except ImportError as exc:  # qm_export_plugins.PluginDependencyError: triton or tensorrt.plugin missing
+        raise BuildError(f"the qm plugins cannot be registered: {exc}") from None
 
 
 def _parse(trt: Any, network: Any, logger: Any, prepared: PreparedBuild, version: TrtVersion) -> None:

@@ -1,4 +1,4 @@
-"""QuickMerge++ in PyTorch: the reference every backend must match (spec: quickmerge-spec.md).
+"""QuickMerge++ in PyTorch: the reference every backend must match (spec: docs/spec.md).
 
 Read in this order: ``config`` (settings, the K rule), ``saliency`` (entropy, prior surprise),
 ``select`` (masses, seeds), ``assign`` (assignment, refinement), ``ops`` / ``ops_reference``

@@ -10,6 +10,7 @@ from .check import check
 from .convert import convert
 from .fit_prior import fit_prior
 from .models import models
+from .profile import profile
 from .validate import validate
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -30,6 +31,7 @@ main.add_command(convert)
 main.add_command(check)
 main.add_command(build)
 main.add_command(fit_prior)
+main.add_command(profile)
 main.add_command(validate)
 
 __all__ = ["main"]

@@ -11,6 +11,8 @@ from .convert import convert
 from .fit_prior import fit_prior
 from .models import models
 from .profile import profile
+from .run import run
+from .sweep import sweep
 from .validate import validate
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -33,5 +35,7 @@ main.add_command(build)
 main.add_command(fit_prior)
 main.add_command(profile)
 main.add_command(validate)
+main.add_command(sweep)
+main.add_command(run)
 
 __all__ = ["main"]

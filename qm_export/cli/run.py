@@ -1,0 +1,58 @@
+"""``qm-export run [SOURCE]``: convert, check, validate and profile in one command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .common import console, fail_on
+
+
+def _batches(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of batch sizes", ctx=ctx, param=param) from None
+    if not out or any(b < 1 for b in out):
+        raise click.BadParameter(f"{value!r}: batch sizes must be integers >= 1", ctx=ctx, param=param)
+    return out
+
+
+@click.command()
+@click.argument("source", required=False)
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("qm-export-run"),
+              show_default=True, help="Folder for the models and reports (refused if not empty, unless --force).")
+@click.option("--force", is_flag=True, help="Replace the output folder.")
+@click.option("--merge", "schedule", metavar="SCHEDULE", help="Merge schedule overriding the recipe's, e.g. '1:0.33'.")
+@click.option("--batch", "batches", callback=_batches, default="1,4", show_default=True, metavar="LIST",
+              help="Batch sizes to profile.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="CPU runtime threads.")
+@click.option("--runs", type=click.IntRange(min=1), default=15, show_default=True, help="Timed runs per model and batch.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights (recipes) and inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout too.")
+def run(source: str | None, out_dir: Path, force: bool, schedule: str | None, batches: tuple[int, ...], threads: int,
+        runs: int, seed: int, as_json: bool) -> None:
+    """The main job in one command, on SOURCE (a recipe or Hugging Face folder) [default: vit-small].
+
+    Converts SOURCE merged and unmerged, runs the TensorRT pre-flight on both, builds both
+    engines when TensorRT is installed, validates both on every backend present, profiles
+    merged against unmerged (interleaved), and writes merged.onnx, baseline.onnx,
+    report.json and report.png into the output folder. Exits 1 when parity fails.
+    """
+    from ..pipeline.run import DEFAULT_SOURCE, RunOptions, render_run, run_pipeline
+
+    options = RunOptions(source=source or DEFAULT_SOURCE, out_dir=out_dir, force=force, schedule=schedule,
+                         batches=batches, threads=threads, runs=runs, seed=seed)
+    err = console(stderr=True)
+    with fail_on():
+        with err.status("starting") as status:
+            report = run_pipeline(options, progress=lambda msg: status.update(msg))
+    render_run(report, err)
+    if as_json:
+        json.dump(report.to_json(), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    if not report.passed:
+        click.get_current_context().exit(1)

@@ -116,7 +116,8 @@ class TextEncoder(MergingModel):
         h = self.embed_norm(self.tok_embed(input_ids) + self.pos_embed(positions))
         state = TokenState.initial(batch, n, h.device, mask=mask, positions=positions)
         out = self.stack(h, state, generator=generator, collect_attentions=output_attentions)
-        dense = unmerge_to_input(out.hidden, out.state)
+        # Without a merge every token is still in place: no unmerge (an identity gather) in the graph.
+        dense = unmerge_to_input(out.hidden, out.state) if out.merges else out.hidden
         outputs = {
             "last_hidden_state": torch.where(mask.unsqueeze(-1), dense, torch.zeros((), dtype=dense.dtype, device=dense.device)),
             "pooled": size_weighted_mean(out.hidden, out.state),

@@ -154,16 +154,21 @@ def _write_twin(mf: ModelFile, stack: ExitStack) -> tuple[Path | None, str | Non
         make_debug_twin(mf.model)  # cheap check on the data-less proto before reading the weights
     except TwinError as err:
         return None, str(err)
-    external = _has_external_data(mf.model)
-    full = mf.model if external else onnx.load(os.fspath(mf.path))
-    twin = make_debug_twin(full)
-    # External data is found relative to the model, so that twin sits beside it.
-    folder = mf.path.parent if external else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qm-twin-")))
-    fd, name = tempfile.mkstemp(prefix=".qm-export-twin-", suffix=".onnx", dir=folder)
-    os.close(fd)
-    path = Path(name)
-    stack.callback(path.unlink, missing_ok=True)
-    onnx.save(twin, os.fspath(path))
+    twin = make_debug_twin(mf.model)  # mf.model holds inline weights (only external data was skipped)
+    if _has_external_data(mf.model):
+        # External data is found relative to the model, so that twin sits beside it.
+        fd, name = tempfile.mkstemp(prefix=".qm-export-twin-", suffix=".onnx", dir=mf.path.parent)
+        os.close(fd)
+        path = Path(name)
+        stack.callback(path.unlink, missing_ok=True)
+        onnx.save(twin, os.fspath(path))
+        return path, None
+    # Inline weights go to an external data file: protobuf-serializing hundreds of MB is slow
+    # (4.6 s for ViT-B), writing them raw is not.
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qm-twin-")))
+    path = folder / "twin.onnx"
+    onnx.save(twin, os.fspath(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="twin.onnx.data", size_threshold=1024)
     return path, None
 
 

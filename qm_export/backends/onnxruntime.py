@@ -1,4 +1,11 @@
-"""ONNX Runtime runner (CPU by default; CUDA when ``onnxruntime-gpu`` is installed and asked for)."""
+"""ONNX Runtime runner (CPU by default; CUDA when ``onnxruntime-gpu`` is installed and asked for).
+
+Polygraphy's ``OnnxrtRunner`` would fit, but it adds nothing here (no dynamic-shape or
+allocation work to hand off: ORT does both) and costs its logger and activation protocol on
+every call; the CUDA runner (:mod:`.ort_cuda`) needs the raw session for its placement check.
+Polygraphy is used where it is the tool of the field: TensorRT (:mod:`.tensorrt`) and the
+``RunResults`` file format (:mod:`.run_results`).
+"""
 
 from __future__ import annotations
 

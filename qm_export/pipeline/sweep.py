@@ -55,12 +55,21 @@ def parse_ratios(text: str | Sequence[float]) -> list[float]:
     return out
 
 
-def row_cosines(ref: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row (axis 0) of two outputs, flattened over the other axes."""
-    a = np.asarray(ref, dtype=np.float64).reshape(ref.shape[0], -1)
-    b = np.asarray(other, dtype=np.float64).reshape(other.shape[0], -1)
+def row_cosines(ref: np.ndarray, other: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Cosine similarity of each row (axis 0) of two outputs, flattened over the other axes.
+
+    ``mask`` ``(B, N)`` (e.g. ``attention_mask``): positions where it is 0 are left out of a
+    per-token output ``(B, N, ...)`` (a padded position's value means nothing).
+    """
+    a = np.asarray(ref, dtype=np.float64)
+    b = np.asarray(other, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"outputs differ in shape: {ref.shape} vs {other.shape}")
+    if mask is not None and a.ndim >= 2 and a.shape[:2] == np.asarray(mask).shape:
+        keep = (np.asarray(mask) != 0).reshape(mask.shape + (1,) * (a.ndim - 2))
+        a, b = np.where(keep, a, 0.0), np.where(keep, b, 0.0)
+    a = a.reshape(a.shape[0], -1)
+    b = b.reshape(b.shape[0], -1)
     denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     dots = (a * b).sum(1)
     return np.where(denom > 0, dots / np.where(denom > 0, denom, 1.0), 1.0)
@@ -189,7 +198,7 @@ def run_sweep(options: SweepOptions, progress: Progress | None = None) -> SweepR
                                  description="timing")
         base_tokens = base.tokens_per_layer(*base.example_inputs)
         for (method, ratio, loaded), out, t, path in zip(models, outputs, times, paths):
-            cos = row_cosines(outputs[0], out)
+            cos = row_cosines(outputs[0], out, feeds_quality.get("attention_mask"))
             tokens = loaded.tokens_per_layer(*loaded.example_inputs)
             stats = latency_stats(t)
             report.rows.append(SweepRow(

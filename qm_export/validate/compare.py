@@ -7,6 +7,11 @@ Selection is compared from the ``merge{i}_assign`` / ``merge{i}_seeds`` outputs 
 rules of :mod:`qm_export.export.parity`; values with the precision's tolerance, leaving out
 rows whose selection diverged (they are counted). A backend that fails to run is recorded
 with its one-line reason, not raised.
+
+Polygraphy's ``Comparator`` compares outputs element-wise (and index outputs with a
+tolerance); it cannot judge a selection flip against torch's saliency and similarity gaps,
+nor drop the rows a flip made diverge, so the comparison is ours; its ``RunResults`` format is
+what ``--save-outputs``/``--load-outputs`` read and write.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 
 from qm_export.backends import BackendUnavailable, open_runner
 from qm_export.backends.onnxruntime import OrtRunner
@@ -62,14 +61,11 @@ from qm_export.trt.versions import parse_trt_version
 
 
 @pytest.fixture(scope="module")
-def vit_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """vit-tiny exported once by the CLI (qm plugin nodes with local functions)."""
-    from qm_export.cli import main
+def vit_onnx() -> Path:
+    """vit-tiny exported once per test process (qm plugin nodes with local functions)."""
+    from tiny_exports import tiny_exports
 
-    out = tmp_path_factory.mktemp("vit") / "vit-tiny.onnx"
-    result = CliRunner().invoke(main, ["convert", "vit-tiny", "-o", str(out), "--force", "--no-verify"])
-    assert result.exit_code == 0, result.output
-    return out
+    return tiny_exports()["merged"]
 
 
 def _model_feeds(path: Path) -> dict[str, np.ndarray]:

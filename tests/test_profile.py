@@ -8,11 +8,6 @@ speed goals live in docs/benchmarks.md.
 
 from __future__ import annotations
 
-import atexit
-import functools
-import io
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,30 +19,12 @@ from qm_export.profile.memory import MIB, measure_memory, memory_figures, parse_
 from qm_export.profile.ort_session import OrtSettings
 from qm_export.profile.stats import latency_stats, paired_speedup, reduction, speedup, throughput
 from qm_export.profile.timing import iteration_order, other_cpu_load, time_interleaved
-
-
-@functools.lru_cache(maxsize=None)
-def exported() -> dict[str, Path]:
-    """vit-tiny merged (``merged``), the same unmerged (``baseline``), encoder-tiny merged
-    (``text``): exported once per process (no parity check: convert's tests do that)."""
-    from rich.console import Console
-
-    from qm_export.export.convert import ConvertOptions, run_convert
-
-    folder = Path(tempfile.mkdtemp(prefix="qm-profile-tests-"))
-    atexit.register(shutil.rmtree, folder, True)
-    out = {"merged": folder / "vit-tiny.onnx", "baseline": folder / "vit-tiny-nomerge.onnx",
-           "text": folder / "encoder-tiny.onnx"}
-    quiet = Console(file=io.StringIO())
-    run_convert(ConvertOptions(source="vit-tiny", output=out["merged"], verify=False), console=quiet)
-    run_convert(ConvertOptions(source="vit-tiny", output=out["baseline"], no_merge=True, verify=False), console=quiet)
-    run_convert(ConvertOptions(source="encoder-tiny", output=out["text"], verify=False), console=quiet)
-    return out
+from tiny_exports import tiny_exports
 
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, Path]:
-    return exported()
+    return tiny_exports()
 
 
 def _feeds(batch: int = 2) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from qm_export.cli import main
-from test_profile import exported
+from tiny_exports import tiny_exports
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LATENCY_KEYS = {"min", "mean", "p50", "p90", "p95", "p99", "max"}
@@ -19,7 +19,7 @@ LATENCY_KEYS = {"min", "mean", "p50", "p90", "p95", "p99", "max"}
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, Path]:
-    return exported()
+    return tiny_exports()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from qm_export.backends.onnxruntime import OrtRunner
 from qm_export.backends.run_results import (
@@ -168,13 +167,11 @@ def test_missing_polygraphy_says_how_to_install(tmp_path: Path, monkeypatch: pyt
 
 
 @pytest.fixture(scope="module")
-def vit_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qm_export.cli import main
+def vit_onnx() -> Path:
+    """vit-tiny exported once per test process (qm plugin nodes with local functions)."""
+    from tiny_exports import tiny_exports
 
-    out = tmp_path_factory.mktemp("vit") / "vit-tiny.onnx"
-    result = CliRunner().invoke(main, ["convert", "vit-tiny", "-o", str(out), "--force", "--no-verify"])
-    assert result.exit_code == 0, result.output
-    return out
+    return tiny_exports()["merged"]
 
 
 def _polygraphy_cli() -> str:

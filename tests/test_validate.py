@@ -17,6 +17,7 @@ from qm_export.export.convert import ConvertOptions, run_convert
 from qm_export.export.debug_twin import TWIN_KEY, TwinError, make_debug_twin
 from qm_export.export.provenance import Provenance
 from qm_export.validate.run import ValidateOptions, validate_model
+from tiny_exports import tiny_exports
 
 
 def _convert(out: Path, source: str = "vit-tiny", **kw) -> Path:
@@ -25,8 +26,8 @@ def _convert(out: Path, source: str = "vit-tiny", **kw) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vit(tmp_path_factory) -> Path:
-    return _convert(tmp_path_factory.mktemp("vit") / "vit.onnx")
+def vit() -> Path:
+    return tiny_exports()["merged"]
 
 
 def _invoke(*args: str):

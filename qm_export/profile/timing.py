@@ -8,7 +8,6 @@ caches and thread-pool state.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager

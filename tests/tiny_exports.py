@@ -1,0 +1,58 @@
+"""Tiny models exported once per test process and shared by the test modules that only read
+them (each export costs 5-15 s on the 2-core machines): vit-tiny merged (``merged``), the same
+unmerged (``baseline``), encoder-tiny merged (``text``); each exported on first use. No parity
+check here: convert's tests do that. Tests must not modify these files (write variants to
+their own ``tmp_path``)."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import io
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+_MODELS = {
+    "merged": ("vit-tiny", False, "vit-tiny.onnx"),
+    "baseline": ("vit-tiny", True, "vit-tiny-nomerge.onnx"),
+    "text": ("encoder-tiny", False, "encoder-tiny.onnx"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="qm-tiny-exports-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_export(key: str) -> Path:
+    """The model ``key`` (``merged``, ``baseline`` or ``text``), exported on first use."""
+    from rich.console import Console
+
+    from qm_export.export.convert import ConvertOptions, run_convert
+
+    source, no_merge, name = _MODELS[key]
+    out = _folder() / name
+    run_convert(ConvertOptions(source=source, output=out, no_merge=no_merge, verify=False),
+                console=Console(file=io.StringIO()))
+    return out
+
+
+class _Lazy(Mapping):
+    def __getitem__(self, key: str) -> Path:
+        return tiny_export(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_MODELS)
+
+    def __len__(self) -> int:
+        return len(_MODELS)
+
+
+def tiny_exports() -> Mapping[str, Path]:
+    """``{"merged", "baseline", "text"}`` -> path, each exported when first read."""
+    return _Lazy()

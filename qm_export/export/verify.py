@@ -9,8 +9,10 @@ model (debug outputs stripped) must give bit-identical outputs to the verified d
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,14 +54,9 @@ class VerifyReport:
 
 
 def to_numpy_feeds(names: Sequence[str], inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
-    """Torch inputs to a named numpy feed dict (bf16 has no numpy type: passed as float32 is
-    wrong, so it is refused)."""
-    feeds = {}
-    for name, t in zip(names, inputs):
-        if t.dtype == torch.bfloat16:
-            raise TypeError(f"input {name!r} is bfloat16, which numpy runtimes cannot be fed")
-        feeds[name] = t.detach().cpu().numpy()
-    return feeds
+    """Torch inputs to a named numpy feed dict; bfloat16 (which numpy lacks) is widened to
+    float32 exactly, what a bf16 model's float32 upcast twin takes."""
+    return {name: to_numpy(t) for name, t in zip(names, inputs)}
 
 
 def run_torch(loaded: Any, inputs: Sequence[torch.Tensor]) -> tuple[dict[str, np.ndarray], list]:
@@ -79,6 +76,7 @@ def verify_export(
     rtol: float = 0.0,
     near_tie: float = NEAR_TIE,
     progress: Callable[[str], None] | None = None,
+    upcast: bool = False,
 ) -> VerifyReport:
     """Check ``exported`` against torch on every input set with every runner factory.
 
@@ -88,10 +86,26 @@ def verify_export(
         input_sets: seeded inputs, one tuple per shape.
         runners: factories ``path -> Runner`` (e.g. ``OrtRunner``).
         atol, rtol: value tolerance of the precision; near_tie: its ``δ``.
+        upcast: run the float32 upcast twins of the files (a bfloat16 export, see
+            :mod:`.upcast`), the debug model and the saved one alike.
 
     Raises:
         ValueError: a runtime cannot load or run the exported model.
     """
+    with tempfile.TemporaryDirectory(prefix="qm-verify-") as tmp:
+        debug_path, saved_path = exported.debug_path, exported.path
+        if upcast:
+            from .upcast import write_upcast
+
+            debug_path = write_upcast(exported.debug_path, tmp, "debug")
+            saved_path = debug_path if exported.path == exported.debug_path else write_upcast(exported.path, tmp, "saved")
+        return _verify(loaded, debug_path, saved_path, input_sets, runners, atol=atol, rtol=rtol,
+                       near_tie=near_tie, progress=progress)
+
+
+def _verify(loaded: Any, debug_path: Path, saved_path: Path, input_sets: Sequence[Sequence[torch.Tensor]],
+            runners: Sequence[Callable[[str], Runner]], *, atol: float, rtol: float, near_tie: float,
+            progress: Callable[[str], None] | None) -> VerifyReport:
     from ..backends.onnxruntime import OrtRunner
     from ..validate.compare import compare_backends
 
@@ -100,7 +114,7 @@ def verify_export(
     loaded_runners = []
     for factory in runners:
         try:
-            loaded_runners.append(factory(str(exported.debug_path)))
+            loaded_runners.append(factory(str(debug_path)))
         except Exception as err:  # a runtime that cannot load the file: a finding, not a crash
             name = getattr(factory, "name", getattr(factory, "__name__", "runtime"))
             raise ValueError(f"{name} cannot load the exported model: {err}") from None
@@ -111,10 +125,10 @@ def verify_export(
         name, why = next(iter(comp.failures.items()))
         raise ValueError(f"{name} failed to run the exported model: {why}")
     report.results = comp.results
-    if exported.path != exported.debug_path and feeds:
-        saved = OrtRunner(exported.path).run(feeds[0])
+    if saved_path != debug_path and feeds:
+        saved = OrtRunner(saved_path).run(feeds[0])
         first = comp.outputs.get("ort", [None])[0]
         if first is None:
-            first = OrtRunner(exported.debug_path).run(feeds[0])
+            first = OrtRunner(debug_path).run(feeds[0])
         report.saved_matches_debug = all(np.array_equal(saved[k], first[k], equal_nan=True) for k in saved)
     return report

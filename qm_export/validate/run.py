@@ -144,32 +144,68 @@ def _has_external_data(model: Any) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
-def _write_twin(mf: ModelFile, stack: ExitStack) -> tuple[Path | None, str | None]:
-    """The debug twin as a temporary file (None and why when there is none to make)."""
+def _save(model: Any, mf: ModelFile, stack: ExitStack, name: str) -> Path:
+    """``model`` as a temporary file ``stack`` removes. A model with external data sits beside
+    MODEL (its data is found relative to it); inline weights go to an external data file in a
+    temporary folder (protobuf-serializing hundreds of MB is slow: 4.6 s for ViT-B)."""
     import onnx
 
-    if mf.model is None or has_debug_outputs(mf.model):
-        return None, None
-    try:
-        make_debug_twin(mf.model)  # cheap check on the data-less proto before reading the weights
-    except TwinError as err:
-        return None, str(err)
-    twin = make_debug_twin(mf.model)  # mf.model holds inline weights (only external data was skipped)
-    if _has_external_data(mf.model):
-        # External data is found relative to the model, so that twin sits beside it.
-        fd, name = tempfile.mkstemp(prefix=".qm-export-twin-", suffix=".onnx", dir=mf.path.parent)
+    if _has_external_data(model):
+        fd, tmp = tempfile.mkstemp(prefix=f".qm-export-{name}-", suffix=".onnx", dir=mf.path.parent)
         os.close(fd)
-        path = Path(name)
+        path = Path(tmp)
         stack.callback(path.unlink, missing_ok=True)
-        onnx.save(twin, os.fspath(path))
-        return path, None
-    # Inline weights go to an external data file: protobuf-serializing hundreds of MB is slow
-    # (4.6 s for ViT-B), writing them raw is not.
-    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qm-twin-")))
-    path = folder / "twin.onnx"
-    onnx.save(twin, os.fspath(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="twin.onnx.data", size_threshold=1024)
-    return path, None
+        onnx.save(model, os.fspath(path))
+        return path
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"qm-{name}-")))
+    path = folder / f"{name}.onnx"
+    onnx.save(model, os.fspath(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=f"{name}.onnx.data", size_threshold=1024)
+    return path
+
+
+@dataclass
+class _Variants:
+    """The files the backends run: ``native`` (the model, or its debug twin) for runtimes with
+    every type the model uses, ``cpu`` (its float32 upcast when the model is bfloat16) for ORT
+    CPU and onnx.reference, and ``plain_cpu``, the model itself as the CPU runtimes run it (for
+    the twin-vs-model check). ``twin``: whether a debug twin was made; ``notes`` for the report."""
+
+    native: Path
+    cpu: Path
+    plain_cpu: Path
+    twin: bool
+    notes: list[str]
+
+
+def _variants(mf: ModelFile, stack: ExitStack) -> _Variants:
+    from ..export.upcast import has_bf16, upcast_bf16
+
+    notes: list[str] = []
+    native = plain = mf.path
+    twin_model = None
+    if mf.model is not None and not has_debug_outputs(mf.model):
+        try:
+            twin_model = make_debug_twin(mf.model)  # mf.model holds inline weights (external data skipped)
+        except TwinError as err:
+            notes.append(f"selection is not checked: {err}")
+    if twin_model is not None:
+        notes.append("the model has no merge debug outputs: its debug twin (the same graph with each merge's "
+                     "assign/seeds exposed) is run, and must match the model bit for bit on ort")
+    cpu = plain_cpu = None
+    if mf.model is not None and has_bf16(mf.model):
+        if _has_external_data(mf.model):
+            notes.append("bfloat16 with external data: the float32 upcast needs the weights in memory; "
+                         "ort and onnx-ref run the model as is")
+        else:  # upcast before saving anything: onnx.save moves a model's weights out (in place)
+            cpu = _save(upcast_bf16(twin_model if twin_model is not None else mf.model), mf, stack, "upcast")
+            plain_cpu = _save(upcast_bf16(mf.model), mf, stack, "upcast-plain") if twin_model is not None else cpu
+            notes.append("bfloat16 model: ONNX Runtime's CPU provider has no bfloat16 kernels, so ort and onnx-ref run "
+                         "its float32 upcast twin (the same graph and bf16 weights, float32 arithmetic), judged with "
+                         "bf16's near-tie gap and tolerance; bf16 rounding itself shows on a bf16 runtime (trt)")
+    if twin_model is not None:
+        native = _save(twin_model, mf, stack, "twin")
+    return _Variants(native, cpu or native, plain_cpu or plain, twin_model is not None, notes)
 
 
 def _merge_layers(mf: ModelFile, loaded: Any) -> list[int]:
@@ -242,13 +278,8 @@ def validate_model(options: ValidateOptions, progress: Callable[[str], None] | N
             replay.append(ReplayRunner(f"loaded:{runner_name}", iterations))
 
     with ExitStack() as stack:
-        twin_path, twin_why = (None, None) if mf.kind != "onnx" else _write_twin(mf, stack)
-        if twin_path is not None:
-            report.notes.append("the model has no merge debug outputs: its debug twin (the same graph with each "
-                                "merge's assign/seeds exposed) is run, and must match the model bit for bit on ort")
-        elif twin_why is not None:
-            report.notes.append(f"selection is not checked: {twin_why}")
-        run_path = twin_path or mf.path
+        files = _variants(mf, stack) if mf.kind == "onnx" else _Variants(mf.path, mf.path, mf.path, False, [])
+        report.notes.extend(files.notes)
         runners: list[Runner] = []
         params = _param_count(mf)
         for name in names:
@@ -258,7 +289,8 @@ def validate_model(options: ValidateOptions, progress: Callable[[str], None] | N
                 continue
             say(f"loading {name}")
             try:
-                runners.append(open_runner(name, run_path, threads=options.threads))
+                path = files.cpu if name in ("ort", "onnx-ref") else files.native
+                runners.append(open_runner(name, path, threads=options.threads))
                 report.backends[name] = BackendStatus("ran")
             except BackendUnavailable as err:
                 report.backends[name] = BackendStatus("skipped", err.why)
@@ -291,9 +323,9 @@ def validate_model(options: ValidateOptions, progress: Callable[[str], None] | N
             if not checked and name == "trt" and mf.kind == "engine":
                 report.notes.append("trt: the engine has no merge debug outputs, so selection is not checked "
                                     "(build it from an ONNX converted with --debug-outputs to check it)")
-        if twin_path is not None and "ort" in comp.outputs and not comp.failures.get("ort"):
+        if files.twin and "ort" in comp.outputs and not comp.failures.get("ort"):
             say("ort: the model itself vs its debug twin")
-            plain = open_runner("ort", mf.path, threads=options.threads).run(input_sets[0])
+            plain = open_runner("ort", files.plain_cpu, threads=options.threads).run(input_sets[0])
             first = comp.outputs["ort"][0]
             report.twin_matches_model = all(k in first and np.array_equal(v, first[k], equal_nan=True)
                                             for k, v in plain.items())

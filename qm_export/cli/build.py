@@ -8,6 +8,7 @@ import click
 
 from ..trt.precision import PRECISIONS
 from ..trt.units import format_bytes, parse_bytes
+from .common import CommandFailed, InputError, console, emit_json, status, verdict
 
 
 def _workspace(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -47,6 +48,7 @@ def _workspace(ctx: click.Context, param: click.Parameter, value: str | None) ->
 )
 @click.option("--force", is_flag=True, help="Overwrite the engine and its .json sidecar if they exist.")
 @click.option("--verbose", is_flag=True, help="TensorRT's verbose log.")
+@click.option("--json", "as_json", is_flag=True, help="Print the sidecar (what was built) as JSON on stdout.")
 def build(
     model: Path,
     output: Path | None,
@@ -57,14 +59,16 @@ def build(
     timing_cache: Path | None,
     force: bool,
     verbose: bool,
+    as_json: bool,
 ) -> None:
     """Build MODEL.onnx into a TensorRT engine with the qm plugins (AOT: runs under trtexec).
 
     The optimization profile comes from --shapes, else --recipe, else the ONNX metadata
     written by `qm-export convert`, else the graph's static input shapes. Writes the engine
-    and MODEL.engine.json (versions, GPU, profile, precision, plugins, ONNX SHA-256).
+    and MODEL.engine.json (versions, GPU, profile, precision, plugins, ONNX SHA-256), both
+    atomically and only once the build succeeded; the output folder must exist. Exit codes:
+    0 built, 1 TensorRT missing or the build failed, 2 bad input, 130 interrupted.
     """
-    from rich.console import Console
     from rich.markup import escape
 
     from ..trt.prepare import BuildError, BuildRequest, TensorRTUnavailable
@@ -80,28 +84,32 @@ def build(
         force=force,
         verbose=verbose,
     )
-    err = Console(stderr=True)
+    if timing_cache is not None and not (timing_cache.parent if str(timing_cache.parent) else Path(".")).is_dir():
+        raise InputError(f"--timing-cache: folder {str(timing_cache.parent)!r} does not exist (it is not created for you)")
+    err = console(stderr=True)
     try:
         from ..trt.builder import build_engine
 
-        with err.status("preparing") as status:
-            result = build_engine(request, stage=lambda msg: status.update(msg))
+        with status(err, "preparing") as say:
+            result = build_engine(request, stage=say)
     except FileNotFoundError as exc:
         if not model.is_file():
-            raise click.BadParameter(str(exc), param_hint="MODEL") from exc
-        raise click.UsageError(str(exc)) from exc  # the output's folder
-    except (FileExistsError, IsADirectoryError) as exc:
-        raise click.UsageError(str(exc)) from exc
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+            raise click.BadParameter(str(exc), param_hint="'MODEL'") from None
+        raise InputError(str(exc)) from None  # the output's folder (the message names -o)
+    except (FileExistsError, IsADirectoryError, PermissionError, ValueError) as exc:
+        raise InputError(str(exc)) from None
     except (TensorRTUnavailable, BuildError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise CommandFailed(str(exc)) from None
     side = result.sidecar
     for note in side.get("notes", []):
         err.print(f"[yellow]note:[/yellow] {escape(note)}")
-    click.echo(f"engine  {result.engine_path} ({format_bytes(side['engine']['bytes'])})")
-    click.echo(f"sidecar {result.sidecar_path}")
-    click.echo(
+    err.print(f"engine  {escape(str(result.engine_path))} ({format_bytes(side['engine']['bytes'])})", soft_wrap=True)
+    err.print(f"sidecar {escape(str(result.sidecar_path))}", soft_wrap=True)
+    err.print(
         f"TensorRT {side['tensorrt']['version']}, {side['precision']}, profile from {side['profile']['source']}, "
         f"plugins {', '.join(side['plugins']['used']) or 'none'}, built in {side['build_seconds']:.1f} s"
     )
+    if as_json:
+        emit_json({"passed": True, "engine_path": str(result.engine_path), "sidecar_path": str(result.sidecar_path),
+                   "sidecar": side})
+    verdict(err, "DONE", f"built {result.engine_path} ({format_bytes(side['engine']['bytes'])}) and its sidecar")

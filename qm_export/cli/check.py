@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
 
 from ..trt.versions import DEFAULT_CHECK_VERSION, TrtVersion, parse_trt_version
+from .common import CommandFailed, console, emit_json, verdict
 
 
 def _trt_version(ctx: click.Context, param: click.Parameter, value: str | None) -> TrtVersion:
@@ -38,7 +37,8 @@ def check(model: Path, trt_version: TrtVersion, as_json: bool) -> None:
     """Check MODEL.onnx against the TensorRT ONNX parser of a given version.
 
     Walks the graph, If/Loop/Scan bodies and model-local functions; reports each node that
-    will fail (error) or degrade (warning), with a fix. Exits 1 when there is an error.
+    will fail (error) or degrade (warning), with a fix. Exits 0 when there is no error, 1 when
+    there is one, 2 for a missing or unreadable MODEL.
     """
     from ..export.trt_check import check_onnx_file
 
@@ -48,14 +48,18 @@ def check(model: Path, trt_version: TrtVersion, as_json: bool) -> None:
         raise click.BadParameter(str(exc), param_hint="MODEL") from exc
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="MODEL") from exc
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        from rich.console import Console
+    from ..export.trt_report import render_report
 
-        from ..export.trt_report import render_report
-
-        # Wide enough off a terminal (pipes, CliRunner) that messages are not chopped into slivers.
-        render_report(report, Console(width=None if sys.stdout.isatty() else 160))
+    err = console(stderr=True)
+    if not err.is_terminal:  # wide enough off a terminal (pipes, CliRunner) that messages are not chopped
+        err.width = 160
+    render_report(report, err)
+    doc = {"passed": report.ok, **report.to_dict()}
+    counts = report.counts()
     if not report.ok:
-        click.get_current_context().exit(1)
+        raise CommandFailed(f"{counts['error']} error(s) for the ONNX parser of TensorRT {report.trt_version} "
+                            f"({counts['warning']} warning(s))", report=doc)
+    if as_json:
+        emit_json(doc)
+    verdict(err, "PASSED", f"no errors for the ONNX parser of TensorRT {report.trt_version} "
+                           f"({counts['warning']} warning(s))")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
+
+from .common import CommandFailed, console, emit_json, verdict
 
 
 def _shape_text(spec: Any) -> str:
@@ -34,19 +35,15 @@ def recipe_summary(recipe: Any) -> dict[str, Any]:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout (a list, one object per recipe).")
 def models(as_json: bool) -> None:
-    """List the model recipes (family, size, merge schedule, inputs)."""
+    """List the model recipes (family, size, merge schedule, inputs): a table on stderr."""
     from ..recipes import RecipeError, list_recipes
 
     try:
         recipes = list_recipes()
     except RecipeError as err:
-        raise click.ClickException(str(err)) from None
-    if as_json:
-        click.echo(json.dumps([recipe_summary(r) for r in recipes], indent=2))
-        return
-    from rich.console import Console
+        raise CommandFailed(f"a shipped recipe is broken: {err}") from None
     from rich.table import Table
     from rich.text import Text
 
@@ -57,4 +54,8 @@ def models(as_json: bool) -> None:
     for r in recipes:
         table.add_row(r.name, r.family, r.size, str(r.merge.schedule),
                       Text("\n".join(_shape_text(s) for s in r.inputs.values())))
-    Console().print(table)
+    err = console(stderr=True)
+    err.print(table)
+    if as_json:
+        emit_json([recipe_summary(r) for r in recipes])
+    verdict(err, "DONE", f"{len(recipes)} recipes")

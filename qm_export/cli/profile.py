@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from .common import console
+from .common import CommandFailed, console, emit_json, fail_on, verdict
 
 GRAPH_OPT = ("disable", "basic", "extended", "layout", "all")
 
@@ -128,7 +126,9 @@ def profile(model: Path, baseline: Path | None, backends: list[str], batches: li
     session; activation = the runs' VmHWM minus the RSS of the loaded session
     (clear_refs), or peak minus the weights where clear_refs is unavailable. The
     per-operator time comes from a separate ORT session with profiling on: merge_share
-    is the qm ops' share of kernel time, selection_share the selection nodes'.
+    is the qm ops' share of kernel time, selection_share the selection nodes'. Exit codes:
+    0 measured (backends that cannot run here are skipped, with why), 1 a measurement
+    failed, 2 bad input, 130 interrupted.
     """
     from ..export.files import OutputPathError, check_output_path
     from ..profile.core import ProfileInputError, profile_models
@@ -149,14 +149,16 @@ def profile(model: Path, baseline: Path | None, backends: list[str], batches: li
     settings = OrtSettings(threads=threads, graph_optimization=graph_opt, cpu_mem_arena=False if no_arena else None,
                            config=ort_config, **flags)
     err = console(stderr=True)
-    try:
-        with _progress(err) as progress:
-            report = profile_models([model], baseline, backends=backends, batches=batches, seq_lens=seq_lens or [None],
-                                    threads=threads, runs=runs, warmup=warmup, duration=duration, progress=progress,
-                                    memory=not no_memory, breakdown=not no_breakdown, settings=settings, seed=seed)
-    except ProfileInputError as exc:
-        hint = {"MODEL": "'MODEL'"}.get(exc.param, f"'{exc.param}'")
-        raise click.BadParameter(str(exc), param_hint=hint) from None
+    with fail_on():
+        try:
+            with _progress(err) as progress:
+                report = profile_models([model], baseline, backends=backends, batches=batches,
+                                        seq_lens=seq_lens or [None], threads=threads, runs=runs, warmup=warmup,
+                                        duration=duration, progress=progress, memory=not no_memory,
+                                        breakdown=not no_breakdown, settings=settings, seed=seed)
+        except ProfileInputError as exc:
+            hint = {"MODEL": "'MODEL'"}.get(exc.param, f"'{exc.param}'")
+            raise click.BadParameter(str(exc), param_hint=hint) from None
     render_report(report, err)
     if plot is not None:
         try:
@@ -164,8 +166,13 @@ def profile(model: Path, baseline: Path | None, backends: list[str], batches: li
 
             plot_report(report, plot)
         except ImportError as exc:
-            raise click.ClickException(str(exc)) from None
-        err.print(f"wrote {plot}")
+            raise CommandFailed(str(exc)) from None
+        err.print(f"wrote {plot}", soft_wrap=True)
+    counts = {k: sum(r.status == k for r in report.results) for k in ("ok", "skipped", "failed")}
+    if counts["failed"]:
+        first = next(r for r in report.results if r.status == "failed")
+        raise CommandFailed(f"{counts['failed']} measurement(s) failed ({first.backend}: {first.why})",
+                            report=report.to_json())
     if as_json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        emit_json(report.to_json())
+    verdict(err, "DONE", f"{counts['ok']} measured, {counts['skipped']} skipped (model x backend x shape)")

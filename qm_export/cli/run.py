@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
 
-from .common import console, fail_on
+from .common import CommandFailed, console, emit_json, fail_on, status
 
 
 def _batches(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -40,19 +38,19 @@ def run(source: str | None, out_dir: Path, force: bool, schedule: str | None, ba
     Converts SOURCE merged and unmerged, runs the TensorRT pre-flight on both, builds both
     engines when TensorRT is installed, validates both on every backend present, profiles
     merged against unmerged (interleaved), and writes merged.onnx, baseline.onnx,
-    report.json and report.png into the output folder. Exits 1 when parity fails.
+    report.json and report.png into the output folder (assembled in a hidden sibling and moved
+    into place at the end; the folder's parent must exist). Exit codes: 0 passed, 1 parity or
+    the pre-flight failed, 2 bad input, 130 interrupted (nothing left behind).
     """
     from ..pipeline.run import DEFAULT_SOURCE, RunOptions, render_run, run_pipeline
 
     options = RunOptions(source=source or DEFAULT_SOURCE, out_dir=out_dir, force=force, schedule=schedule,
                          batches=batches, threads=threads, runs=runs, seed=seed)
     err = console(stderr=True)
-    with fail_on():
-        with err.status("starting") as status:
-            report = run_pipeline(options, progress=lambda msg: status.update(msg))
-    render_run(report, err)
-    if as_json:
-        json.dump(report.to_json(), sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
+    with fail_on(), status(err, "starting") as say:
+        report = run_pipeline(options, progress=say)
+    render_run(report, err)  # ends with the verdict line
     if not report.passed:
-        click.get_current_context().exit(1)
+        raise CommandFailed(report.verdict().removeprefix("FAILED: "), report=report.to_json(), shown=True)
+    if as_json:
+        emit_json(report.to_json())

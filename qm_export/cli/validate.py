@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
 
-from .common import console, fail_on
+from .common import CommandFailed, console, emit_json, fail_on, status
 
 
 def _backends(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
@@ -56,8 +54,10 @@ def validate(model: Path, source: str | None, backends: list[str] | None, inputs
     the precision: 1e-4 fp32, 5e-3 fp16, 4e-2 bf16), a consequence of an earlier flip, or a bug.
     A model saved without merge debug outputs is run as its debug twin. Without a source the
     first backend is the reference and selection must agree exactly. Exits 0 only when
-    everything passed, 1 when something differs or failed to run.
+    everything passed, 1 when something differs or failed to run, 2 for bad input, 130 when
+    interrupted.
     """
+    from ..export.files import check_output_path
     from ..validate.report import render_report
     from ..validate.run import ValidateOptions, validate_model
 
@@ -72,11 +72,13 @@ def validate(model: Path, source: str | None, backends: list[str] | None, inputs
     )
     err = console(stderr=True)
     with fail_on():
-        with err.status("validating") as status:
-            report = validate_model(options, progress=lambda msg: status.update(f"validating: {msg}"))
-    render_report(report, err)
-    if as_json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        for path, option in ((save_outputs, "--save-outputs"), (save_inputs, "--save-inputs")):
+            if path is not None:  # named here, before anything runs (validate_model checks again)
+                check_output_path(path, force=force, suffix=".json", option=option)
+        with status(err, "validating") as say:
+            report = validate_model(options, progress=lambda msg: say(f"validating: {msg}"))
+    render_report(report, err)  # ends with the verdict line
     if not report.passed:
-        click.get_current_context().exit(1)
+        raise CommandFailed(report.verdict().removeprefix("FAILED: "), report=report.to_json(), shown=True)
+    if as_json:
+        emit_json(report.to_json())

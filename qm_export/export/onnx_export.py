@@ -16,10 +16,11 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from .. import __version__
-from .files import OutputPathError, check_output_path, replace_atomically
+from .files import OutputPathError, StagedModel, check_output_path
 from .merge_nodes import QM_PREFIX, qm_node_name, tag_merge_nodes
 from .rewrites import rewrite_bool_where
 
@@ -37,8 +38,10 @@ __all__ = [
     "MERGE_IMPLS",
     "DEBUG_PREFIX",
     "EXTERNAL_DATA_THRESHOLD",
+    "ExportCheckError",
     "ExportedModel",
     "export_onnx",
+    "name_dynamic_axes",
     "is_debug_output",
 ]
 
@@ -49,6 +52,12 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 log = logging.getLogger(__name__)
 _QM_CALL_KEY = "qm_export.qm_call"
+#: Dim names of the model loaders mapped to the names the exported axes get.
+AXIS_NAME_ALIASES = {"seq_len": "sequence", "seq": "sequence", "seq_length": "sequence", "batch_size": "batch"}
+
+
+class ExportCheckError(RuntimeError):
+    """The exported model fails ``onnx.checker`` (a failure of the export, not of the input)."""
 
 
 def is_debug_output(name: str) -> bool:
@@ -88,17 +97,57 @@ class ExportedModel:
     file_bytes: int
     seconds: float
     metadata: dict[str, str] = field(default_factory=dict)
+    #: ``{symbol as traced: name}`` of the dynamic axes renamed (``s43`` -> ``batch``).
+    axis_names: dict[str, str] = field(default_factory=dict)
     _tmpdir: tempfile.TemporaryDirectory | None = None  # type: ignore[type-arg]
+    #: with ``staged=True``: the files under a temporary name in the output folder.
+    _staged: StagedModel | None = None
+
+    @property
+    def staged(self) -> bool:
+        """True while the saved model sits under its temporary name (see :meth:`commit`)."""
+        return self._staged is not None
+
+    @property
+    def target(self) -> Path:
+        """Where the model goes (``path`` once committed)."""
+        return self._staged.target if self._staged is not None else self.path
+
+    def commit(self, *, force: bool = False) -> Path:
+        """Move a staged model (and its external data) into place; returns the final path."""
+        if self._staged is None:
+            return self.path
+        final = self._staged.commit(force=force)
+        if self.debug_path == self.path:
+            self.debug_path = final
+        self.path, self._staged = final, None
+        return final
+
+    def keep_as(self, path: str | os.PathLike[str]) -> Path:
+        """Keep a staged model under another name (``OUT.failed.onnx``); returns it."""
+        if self._staged is None:
+            raise RuntimeError("the model is not staged")
+        kept = self._staged.keep_as(path)
+        if self.debug_path == self.path:
+            self.debug_path = kept
+        self.path, self._staged = kept, None
+        return kept
+
+    def discard(self) -> None:
+        """Remove a staged model (nothing is left in the output folder)."""
+        if self._staged is not None:
+            self._staged.discard()
+            self._staged = None
 
     def cleanup(self) -> None:
-        """Remove the temporary debug model (if any)."""
+        """Remove the temporary debug model (if any); a staged model stays staged."""
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
 
     def summary(self) -> dict[str, Any]:
         return {
-            "path": str(self.path),
+            "path": str(self.target),
             "merge_impl": self.merge_impl,
             "opset": self.opset,
             "nodes": self.nodes,
@@ -107,6 +156,7 @@ class ExportedModel:
             "functions": self.functions,
             "inputs": self.input_names,
             "outputs": self.output_names,
+            "dynamic_axes": sorted(set(self.axis_names.values())),
             "external_data": self.external_data,
             "file_bytes": self.file_bytes,
             "export_seconds": round(self.seconds, 2),
@@ -238,7 +288,88 @@ def _check(path: Path, opset: int) -> None:
         hint = ""
         if "bfloat16" in str(err) and opset < 22:
             hint = f" (bfloat16 needs opset 22 or later for this op; got opset {opset})"
-        raise ValueError(f"the exported model fails onnx.checker.check_model(full_check=True){hint}: {err}") from None
+        raise ExportCheckError(
+            f"the exported model fails onnx.checker.check_model(full_check=True){hint}: {err}") from None
+
+
+def _declared_axis_names(loaded: Any) -> dict[tuple[str, int], str]:
+    """``{(input name, axis): name}`` from the Dims the loaded model declares
+    (``loaded.dynamic_shapes``: one ``{axis: torch.export.Dim}`` per input, by position or by
+    name), names normalised by :data:`AXIS_NAME_ALIASES` (``seq_len`` -> ``sequence``)."""
+    spec = getattr(loaded, "dynamic_shapes", None)
+    names = [str(n) for n in getattr(loaded, "input_names", ())]
+    if isinstance(spec, dict):
+        items = [(str(k), v) for k, v in spec.items()]
+    elif isinstance(spec, (list, tuple)):
+        items = list(zip(names, spec))
+    else:
+        return {}
+    out: dict[tuple[str, int], str] = {}
+    for name, axes in items:
+        if isinstance(axes, (list, tuple)):
+            axes = dict(enumerate(axes))
+        if not isinstance(axes, dict):
+            continue
+        for axis, dim in axes.items():
+            label = getattr(dim, "__name__", None)
+            if isinstance(label, str) and label and isinstance(axis, int):
+                out[(name, axis)] = AXIS_NAME_ALIASES.get(label, label)
+    return out
+
+
+def _values(model: ir.Model) -> Iterator[ir.Value]:
+    """Every value of the model: graph inputs, initializers, node outputs (subgraphs and
+    model-local functions included)."""
+    graphs: list[Any] = [model.graph, *model.functions.values()]
+    for graph in graphs:
+        yield from graph.inputs
+        yield from getattr(graph, "initializers", {}).values()
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            yield from node.outputs
+        yield from graph.outputs
+
+
+def name_dynamic_axes(model: ir.Model, loaded: Any) -> dict[str, str]:
+    """Rename the exporter's symbolic dims (``s43``) after the axes the model declares
+    (``batch``, ``sequence``), in every input, output and intermediate shape, also inside
+    derived expressions (``Min(s53, ...)`` -> ``Min(sequence, ...)``); returns the mapping.
+
+    A symbol is renamed only when every declared axis it stands for has the same name, and
+    the name is not already a different symbol of the graph."""
+    declared = _declared_axis_names(loaded)
+    wanted: dict[str, set[str]] = {}
+    for value in model.graph.inputs:
+        if value.shape is None:
+            continue
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, ir.SymbolicDim) and dim.value and (value.name, axis) in declared:
+                wanted.setdefault(dim.value, set()).add(declared[(value.name, axis)])
+    existing = {d.value for v in _values(model) if v.shape is not None
+                for d in v.shape if isinstance(d, ir.SymbolicDim) and d.value}
+    mapping: dict[str, str] = {}
+    for symbol, labels in wanted.items():
+        if len(labels) != 1:
+            continue
+        label = next(iter(labels))
+        if label in mapping.values() or (label in existing and label != symbol):
+            continue
+        mapping[symbol] = label
+    mapping = {k: v for k, v in mapping.items() if k != v}
+    if not mapping:
+        return {}
+    pattern = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(map(re.escape, sorted(mapping, key=len, reverse=True)))
+                         + r")(?![A-Za-z0-9_])")
+    seen: set[int] = set()
+    for value in _values(model):
+        if id(value) in seen or value.shape is None:
+            continue
+        seen.add(id(value))
+        dims = list(value.shape)
+        new = [ir.SymbolicDim(pattern.sub(lambda m: mapping[m.group(1)], d.value))
+               if isinstance(d, ir.SymbolicDim) and d.value else d for d in dims]
+        if any(a is not b for a, b in zip(dims, new)):
+            value.shape = ir.Shape(new)
+    return mapping
 
 
 def _count(model: ir.Model) -> tuple[int, int, dict[str, int], list[str]]:
@@ -261,6 +392,8 @@ def export_onnx(
     force: bool = False,
     metadata: dict[str, str] | None = None,
     traced: ir.Model | None = None,
+    staged: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportedModel:
     """Export ``loaded`` (a :class:`qm_export.models.LoadedModel` built with
     ``debug_outputs=True``) to ``path``.
@@ -275,18 +408,33 @@ def export_onnx(
         metadata: extra ``metadata_props`` (``qm_export.*`` keys are added here too).
         traced: a model from :func:`trace_to_ir` of the same ``loaded`` and ``opset`` to reuse
             (copied, not changed), e.g. to write both merge impls from one trace.
+        staged: leave the checked model under a temporary name in the output folder
+            (``ExportedModel.path``); :meth:`ExportedModel.commit` moves it into place,
+            :meth:`~ExportedModel.discard` removes it. Otherwise it is moved into place here.
+        progress: called with the name of each stage (tracing, saving, checking).
+
+    The dynamic axes get the names the model declares (``batch``, ``sequence``; see
+    :func:`name_dynamic_axes`).
 
     Raises:
         OutputPathError: the path exists (without ``force``) or cannot be written.
         ValueError: bad ``merge_impl``/``opset``.
+        ExportCheckError: the model fails ``onnx.checker`` (nothing is left behind).
     """
     if merge_impl not in MERGE_IMPLS:
         raise ValueError(f"merge_impl must be one of {MERGE_IMPLS}, got {merge_impl!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or not 18 <= opset <= 23:
         raise ValueError(f"opset must be an int in [18, 23], got {opset!r}")
+    say = progress or (lambda _msg: None)
     out = check_output_path(path, force=force, suffix=".onnx")
     start = time.perf_counter()
-    model = trace_to_ir(loaded, opset) if traced is None else ir.from_proto(ir.to_proto(traced))
+    if traced is None:
+        say(f"exporting: tracing with torch.export and translating to ONNX (opset {opset})")
+        model = trace_to_ir(loaded, opset)
+    else:
+        model = ir.from_proto(ir.to_proto(traced))
+    say("exporting: rewriting the merge nodes" + (" (inline)" if merge_impl == "inline" else ""))
+    axis_names = name_dynamic_axes(model, loaded)
     rewrite_bool_where(model)
     tag_merge_nodes(model)
     _attach_functions(model)
@@ -299,8 +447,10 @@ def export_onnx(
     debug_names = [v.name for v in model.graph.outputs if is_debug_output(v.name or "")]
 
     tmpdir = tempfile.TemporaryDirectory(prefix="qm-export-debug-")
+    stage: StagedModel | None = None
     try:
         debug_path = Path(tmpdir.name) / out.name
+        say("saving the debug model (merge outputs kept, for the parity check)")
         _save(model, debug_path, external)
         if not debug_outputs:
             recipe = _strip_debug_outputs(model)
@@ -309,26 +459,29 @@ def export_onnx(
 
                 model.metadata_props[TWIN_KEY] = recipe
         nodes, fn_nodes, qm_nodes, functions = _count(model)
-        with tempfile.TemporaryDirectory(prefix=".qm-export-", dir=out.parent) as staging:
-            staged = Path(staging) / out.name
-            _save(model, staged, external)
-            _check(staged, opset)
-            files = [staged] + ([staged.with_name(staged.name + ".data")] if external else [])
-            replace_atomically(files, out.parent)
+        stage = StagedModel(out)
+        say(f"saving {out.name}" + (" with external data" if external else ""))
+        _save(model, stage.path, external)
+        say("checking the model (onnx.checker, full check)")
+        _check(stage.path, opset)
+        file_bytes = sum(f.stat().st_size for f in stage.files())
+        if not staged:
+            stage.commit(force=force)
+            stage = None
     except BaseException:
         tmpdir.cleanup()
+        if stage is not None:
+            stage.discard()
         raise
-    file_bytes = out.stat().st_size
-    if external:
-        file_bytes += out.with_name(out.name + ".data").stat().st_size
+    saved = stage.path if stage is not None else out
     if debug_outputs:
         tmpdir.cleanup()
         tmpdir_keep = None
-        debug_path = out
+        debug_path = saved
     else:
         tmpdir_keep = tmpdir
     return ExportedModel(
-        path=out,
+        path=saved,
         debug_path=debug_path,
         merge_impl=merge_impl,
         opset=opset,
@@ -343,7 +496,9 @@ def export_onnx(
         file_bytes=file_bytes,
         seconds=time.perf_counter() - start,
         metadata=dict(meta),
+        axis_names=axis_names,
         _tmpdir=tmpdir_keep,
+        _staged=stage,
     )
 
 
@@ -352,4 +507,4 @@ def metadata_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-__all__ += ["metadata_json", "trace_to_ir", "OutputPathError"]
+__all__ += ["metadata_json", "trace_to_ir", "OutputPathError", "AXIS_NAME_ALIASES"]

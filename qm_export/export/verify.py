@@ -23,7 +23,12 @@ from ..backends.torch_runner import TorchRunner, to_numpy
 from .onnx_export import ExportedModel
 from .parity import NEAR_TIE, ParityResult
 
-__all__ = ["VerifyReport", "verify_export", "run_torch", "to_numpy_feeds"]
+__all__ = ["VerifyError", "VerifyReport", "verify_export", "run_torch", "to_numpy_feeds"]
+
+
+class VerifyError(RuntimeError):
+    """A runtime could not load or run the exported model: a failure the check found (the
+    CLI exits 1), not a bad input."""
 
 
 @dataclass
@@ -90,7 +95,7 @@ def verify_export(
             :mod:`.upcast`), the debug model and the saved one alike.
 
     Raises:
-        ValueError: a runtime cannot load or run the exported model.
+        VerifyError: a runtime cannot load or run the exported model.
     """
     with tempfile.TemporaryDirectory(prefix="qm-verify-") as tmp:
         debug_path, saved_path = exported.debug_path, exported.path
@@ -117,13 +122,13 @@ def _verify(loaded: Any, debug_path: Path, saved_path: Path, input_sets: Sequenc
             loaded_runners.append(factory(str(debug_path)))
         except Exception as err:  # a runtime that cannot load the file: a finding, not a crash
             name = getattr(factory, "name", getattr(factory, "__name__", "runtime"))
-            raise ValueError(f"{name} cannot load the exported model: {err}") from None
+            raise VerifyError(f"{name} cannot load the exported model: {err}") from None
     feeds = [to_numpy_feeds(names, inputs) for inputs in input_sets]
     comp = compare_backends(TorchRunner(loaded), loaded_runners, feeds, near_tie=near_tie, atol=atol, rtol=rtol,
                             progress=progress, keep_outputs=True)
     if comp.failures:
         name, why = next(iter(comp.failures.items()))
-        raise ValueError(f"{name} failed to run the exported model: {why}")
+        raise VerifyError(f"{name} failed to run the exported model: {why}")
     report.results = comp.results
     if saved_path != debug_path and feeds:
         saved = OrtRunner(saved_path).run(feeds[0])

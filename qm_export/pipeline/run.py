@@ -59,8 +59,20 @@ class RunReport:
     def passed(self) -> bool:
         return bool(self.summary.get("passed"))
 
+    def verdict(self) -> str:
+        """The one line that ends ``run``: ``PASSED: ...`` or ``FAILED: ...`` (what failed)."""
+        s = self.summary
+        best = max((r["speedup"] or 0 for r in s.get("speed", []) if r["backend"] == "ort"), default=0)
+        speed = f"; merged up to {best:.2f}x faster (ort p50)" if best else ""
+        if self.passed:
+            return f"PASSED: parity holds{speed}"
+        what = [f"parity of {backend} on the {model} model" for backend, by_model in s.get("parity", {}).items()
+                for model, v in by_model.items() if v.get("verdict") in ("FAILED", "failed")]
+        checks = [f"TensorRT pre-flight of {name} ({n} error(s))" for name, n in s.get("check_errors", {}).items() if n]
+        return f"FAILED: {'; '.join(what + checks) or 'parity failed'}{speed}"
+
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "out_dir": str(self.out_dir), "passed": self.passed,
+        return {"source": self.source, "out_dir": str(self.out_dir), "passed": self.passed, "verdict": self.verdict(),
                 "summary": self.summary, "seconds": self.seconds, "notes": self.notes, "steps": self.steps}
 
 
@@ -300,8 +312,6 @@ def render_run(report: RunReport, console: Any) -> None:
     secs = sum(report.seconds.values())
     console.print(f"files in {escape(str(report.out_dir))}/: merged.onnx, baseline.onnx, report.json, report.png "
                   f"({secs:.0f} s)")
+    word, _, text = report.verdict().partition(": ")
     color = "green" if report.passed else "red"
-    verdict = "PASSED" if report.passed else "FAILED"
-    best = max((r["speedup"] or 0 for r in s["speed"] if r["backend"] == "ort"), default=0)
-    console.print(f"[bold {color}]{verdict}[/]: parity {'holds' if report.passed else 'failed'}; merged up to "
-                  f"{best:.2f}x faster (ort p50)")
+    console.print(f"[bold {color}]{word}[/]: {escape(text)}", soft_wrap=True)

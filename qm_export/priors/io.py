@@ -21,17 +21,21 @@ PRIOR_FORMAT = "qm-export-prior/1"
 
 
 def save_prior(prior: AutoregressivePrior, path: str | Path, *, metadata: dict[str, Any] | None = None, force: bool = False) -> Path:
-    """Write ``prior`` to ``path`` atomically (temp file + ``os.replace``).
+    """Write ``prior`` to ``path`` atomically (temp file + ``os.replace``), with the user's
+    umask permissions. The folder must exist: it is not created.
 
     Raises:
         FileExistsError: ``path`` exists and ``force`` is False.
+        OutputPathError: the folder does not exist or is not writable, or ``path`` is a folder.
     """
     from safetensors.torch import save_file
 
+    from ..export.files import check_output_path
+
     path = Path(path)
-    if path.exists() and not force:
+    if path.exists() and not path.is_dir() and not force:
         raise FileExistsError(f"{path} already exists; pass force=True (--force) to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(path, force=True, option="-o/--output")
     header = {"format": PRIOR_FORMAT, "config": json.dumps(prior.config())}
     for key, value in (metadata or {}).items():
         header[key] = json.dumps(value)

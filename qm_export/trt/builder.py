@@ -7,13 +7,17 @@ workspace, timing cache), build, and write the engine and its JSON sidecar atomi
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .files import atomic_write_bytes, atomic_write_text, check_writable, sha256_file
+from ..export.files import atomic_output
+from .files import atomic_write_bytes, check_writable
 from .precision import plan_precision
 from .prepare import (
     INSTALL_HINT,
@@ -34,7 +38,8 @@ from .versions import (
     missing_flags,
 )
 
-__all__ = ["BuildResult", "build_engine", "count_plugin_layers", "import_tensorrt", "register_qm_plugins"]
+__all__ = ["BuildResult", "build_engine", "count_plugin_layers", "import_tensorrt", "register_qm_plugins",
+           "write_build_outputs"]
 
 Stage = Callable[[str], None]
 
@@ -192,30 +197,65 @@ def build_engine(request: BuildRequest, stage: Stage | None = None) -> BuildResu
     engine = trt.Runtime(logger).deserialize_cuda_engine(data)
     if engine is None:
         raise BuildError("TensorRT built an engine it cannot deserialize; rerun with --verbose")
-    check_writable([request.engine_path, prepared.sidecar_path], request.force)  # again: the build took a while
-    atomic_write_bytes(request.engine_path, data)
+    say(f"writing {request.engine_path.name} and its sidecar")
+
+    def sidecar_of(engine_sha256: str) -> dict[str, Any]:
+        sidecar = make_sidecar(
+            onnx_path=request.onnx_path,
+            onnx_sha256=prepared.onnx_sha256,
+            engine_path=request.engine_path,
+            engine_sha256=engine_sha256,
+            engine_bytes=len(data),
+            trt_version=str(trt.__version__),
+            plan=plan,
+            network_flags=flags,
+            profile=prepared.profile,
+            plugins=prepared.plugins,
+            workspace_bytes=request.workspace_bytes,
+            timing_cache=request.timing_cache,
+            build_seconds=seconds,
+            environment=cuda_environment(),
+            device_memory_bytes=device_memory_bytes(engine),
+            io_tensors=_io_tensors(trt, engine),
+        )
+        sidecar["plugins"]["plugin_layers"] = plugin_layers
+        if inlined_note:
+            sidecar["notes"].append(inlined_note)
+        return sidecar
+
+    sidecar = write_build_outputs(request.engine_path, data, prepared.sidecar_path, sidecar_of, force=request.force)
     if request.timing_cache is not None:
         atomic_write_bytes(Path(request.timing_cache), memoryview(config.get_timing_cache().serialize()).tobytes())
-    sidecar = make_sidecar(
-        onnx_path=request.onnx_path,
-        onnx_sha256=prepared.onnx_sha256,
-        engine_path=request.engine_path,
-        engine_sha256=sha256_file(request.engine_path),
-        engine_bytes=len(data),
-        trt_version=str(trt.__version__),
-        plan=plan,
-        network_flags=flags,
-        profile=prepared.profile,
-        plugins=prepared.plugins,
-        workspace_bytes=request.workspace_bytes,
-        timing_cache=request.timing_cache,
-        build_seconds=seconds,
-        environment=cuda_environment(),
-        device_memory_bytes=device_memory_bytes(engine),
-        io_tensors=_io_tensors(trt, engine),
-    )
-    sidecar["plugins"]["plugin_layers"] = plugin_layers
-    if inlined_note:
-        sidecar["notes"].append(inlined_note)
-    atomic_write_text(prepared.sidecar_path, json.dumps(sidecar, indent=2) + "\n")
     return BuildResult(request.engine_path, prepared.sidecar_path, sidecar)
+
+
+def write_build_outputs(
+    engine_path: Path, data: bytes, sidecar_path: Path, sidecar_of: Callable[[str], dict[str, Any]], *, force: bool
+) -> dict[str, Any]:
+    """Write the engine bytes and its JSON sidecar as a pair; returns the sidecar.
+
+    Both are written to temporary names beside their targets (the user's umask applies) and
+    moved into place only once both are complete: the sidecar first, then the engine, so an
+    engine on disk always has its sidecar. A failure or an interrupt before that leaves
+    neither; the folder must exist (nothing creates it).
+
+    Args:
+        sidecar_of: builds the sidecar from the engine's SHA-256 (hex).
+
+    Raises:
+        FileExistsError: a target exists and ``force`` is False; FileNotFoundError: the folder
+            is missing; IsADirectoryError: a target is a folder.
+    """
+    engine_path, sidecar_path = Path(engine_path), Path(sidecar_path)
+    check_writable([engine_path, sidecar_path], force)  # again: the build took a while
+    sidecar = sidecar_of(hashlib.sha256(data).hexdigest())
+    text = json.dumps(sidecar, indent=2) + "\n"
+    with contextlib.ExitStack() as stack:  # unwinds last-in first-out: the sidecar lands first
+        engine_tmp = stack.enter_context(atomic_output(engine_path))
+        sidecar_tmp = stack.enter_context(atomic_output(sidecar_path))
+        for tmp, payload in ((engine_tmp, data), (sidecar_tmp, text.encode("utf-8"))):
+            with open(tmp, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+    return sidecar

@@ -25,7 +25,8 @@ def check_writable(paths: list[Path], force: bool) -> None:
             raise FileExistsError(f"output {str(path)!r} exists; pass --force to overwrite it")
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
-            raise FileNotFoundError(f"folder {str(parent)!r} of output {str(path)!r} does not exist")
+            raise FileNotFoundError(f"-o/--output: folder {str(parent)!r} of output {str(path)!r} does not exist "
+                                    "(it is not created for you)")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -343,8 +343,12 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     else:
         shipped = _shipped()
         if text_name not in shipped:
-            raise RecipeError(f"unknown recipe {text_name!r}; known recipes: {', '.join(sorted(shipped))} "
-                              "(or give a path to a .toml file)")
+            import difflib
+
+            close = difflib.get_close_matches(text_name, list(shipped), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise RecipeError(f"unknown recipe {text_name!r}; {hint}known recipes: {', '.join(sorted(shipped))} "
+                              "(or give a path to a .toml file or a Hugging Face model folder)")
         data, where = shipped[text_name].read_bytes(), Path(str(shipped[text_name]))
     try:
         doc = tomllib.loads(data.decode("utf-8"))

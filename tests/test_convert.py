@@ -14,11 +14,12 @@ from click.testing import CliRunner
 
 from qm_export.backends.onnxruntime import OrtRunner
 from qm_export.cli import main
-from qm_export.export.onnx_export import export_onnx, trace_to_ir
+from qm_export.export.onnx_export import export_onnx
 from qm_export.export.trt_check import check_onnx_file
 from qm_export.export.verify import run_torch, to_numpy_feeds, verify_export
 from qm_export.models import load_source
 from qm_export.trt.versions import parse_trt_version
+from tiny_exports import export_both_impls
 
 TINY = ["vit-tiny", "encoder-tiny", "causal-lm-tiny", "video-tiny"]
 
@@ -27,10 +28,7 @@ TINY = ["vit-tiny", "encoder-tiny", "causal-lm-tiny", "video-tiny"]
 def exported_pair(request, tmp_path_factory):
     """One trace per recipe, saved in both merge-impl forms."""
     loaded = load_source(request.param, debug_outputs=True)
-    traced = trace_to_ir(loaded, 20)
-    folder = tmp_path_factory.mktemp(request.param)
-    pair = {impl: export_onnx(loaded, folder / f"{impl}.onnx", merge_impl=impl, traced=traced)
-            for impl in ("plugin", "inline")}
+    pair = export_both_impls(loaded, tmp_path_factory.mktemp(request.param))
     yield loaded, pair
     for ex in pair.values():
         ex.cleanup()
@@ -201,6 +199,29 @@ def test_fitted_prior_of_a_recipe_is_exported_and_matches(tmp_path):
     assert report["parity"]["ok"] is True and report["prior"]["weight"] == 0.3
     # The prior (a causal transformer) is part of the graph.
     assert len(onnx.load(str(guided)).graph.node) > len(onnx.load(str(plain)).graph.node) + 50
+    # The same recipe with other weights (seed 1): same width, another model; the prior is refused
+    other = tmp_path / "other.onnx"
+    res = _run(["convert", "encoder-tiny", "--seed", "1", "-o", str(other), "--prior", str(prior)])
+    assert res.exit_code == 2 and "was fitted on recipe encoder-tiny" in res.stderr, res.output
+    assert "Traceback" not in res.output and not other.exists()
+    # ... and at fp16 the prior's own model still matches its signature
+    res = _run(["convert", "encoder-tiny", "--precision", "fp16", "-o", str(tmp_path / "h.onnx"), "--prior", str(prior),
+                "--no-verify"])
+    assert res.exit_code == 0, res.output
+
+
+def test_weights_signature_tells_models_apart():
+    from qm_export.priors.signature import check_prior_source, weights_signature
+
+    a = load_source("encoder-tiny").model
+    b = load_source("encoder-tiny", seed=1).model
+    sig = weights_signature(a)
+    assert sig["tensors"] > 8 and len(sig["values"]) == 8 and all(len(v) == 16 for v in sig["values"])
+    check_prior_source("p.safetensors", {"weights_signature": sig}, a)  # its own model
+    check_prior_source("p.safetensors", {"weights_signature": sig}, load_source("encoder-tiny", precision="bf16").model)
+    check_prior_source("p.safetensors", {}, b)  # a prior from before signatures: accepted
+    with pytest.raises(ValueError, match="fitted on recipe x"):
+        check_prior_source("p.safetensors", {"weights_signature": sig, "source": "recipe x"}, b)
 
 
 def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from causal_checks import assert_never_attends_later
 from qm_export.models import build_model
 
 
@@ -20,10 +21,7 @@ def test_merged_prefill_never_attends_to_a_later_position():
     with torch.no_grad():
         out = model(ids, mask, output_attentions=True)
     assert out.tokens == [16, 12, 6, 6]
-    for layer, (probs, positions) in enumerate(out.attentions):
-        later = positions.unsqueeze(1) > positions.unsqueeze(2)  # [b, query, key]: key after query
-        leaked = torch.where(later.unsqueeze(1), probs, torch.zeros(()))
-        assert later.any() and float(leaked.abs().max()) == 0.0, layer
+    assert_never_attends_later(out.attentions)
     # every merged group sits at (and is named after) its last real member's position
     for info in out.merges:
         assert bool((info["seeds"] >= 0).all())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import json
 from pathlib import Path
 
@@ -86,7 +88,35 @@ def test_sweep_table_json_and_plot(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_sweep_compares_layers_side_by_side() -> None:
+    """``--layer embed,1``: each layer swept on its own in one run; the embed merge runs every
+    layer on the merged tokens, so it has fewer token-layers than the merge in layer 1."""
+    result = CliRunner().invoke(main, ["sweep", "vit-tiny", "--keep-ratios", "1,0.5", "--runs", "2",
+                                       "--quality-batch", "2", "--layer", "embed,1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = _json(result)
+    assert report["layers"] == [-1, 1]
+    rows = report["rows"]
+    assert [(r["layer"], r["schedule"]) for r in rows] == [(None, "none"), (-1, "embed:0.5"), (1, "1:0.5")]
+    assert rows[1]["tokens_per_layer"] == [9, 9, 9, 9, 9] and rows[2]["tokens_per_layer"] == [17, 17, 9, 9, 9]
+    assert rows[1]["token_layers"] < rows[2]["token_layers"] < 1.0
+    assert "embed" in result.stderr
+    # the table keeps every cell whole at 80 columns
+    from rich.console import Console
+
+    from qm_export.pipeline.sweep import SweepReport, SweepRow, render_sweep
+
+    rep = SweepReport(**{k: report[k] for k in ("source", "layers", "output", "batch", "threads", "runs")})
+    rep.rows = [SweepRow(**r) for r in rows]
+    console = Console(width=80, record=True, file=io.StringIO())
+    render_sweep(rep, console)
+    text = console.export_text()
+    assert "…" not in text and "quickmerge  embed" in text, text
+
+
 @pytest.mark.parametrize("args, needle", [
+    (["--layer", "x"], "not a layer"),
+    (["--layer", "1,1"], "twice"),
     (["--keep-ratios", "1,0"], "not a keep ratio"),
     (["--keep-ratios", "1,x"], "not a number"),
     (["--compare", "kmeans"], "kmeans"),

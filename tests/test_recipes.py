@@ -143,7 +143,7 @@ def test_a_user_recipe_file_loads_by_path(tmp_path):
 def test_cli_models_json_lists_every_recipe():
     result = CliRunner().invoke(main, ["models", "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert [r["name"] for r in rows] == EXPECTED
     enc = rows[EXPECTED.index("encoder-tiny")]
     assert enc["family"] == "encoder" and enc["size"] == "tiny"

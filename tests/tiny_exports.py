@@ -56,3 +56,13 @@ class _Lazy(Mapping):
 def tiny_exports() -> Mapping[str, Path]:
     """``{"merged", "baseline", "text"}`` -> path, each exported when first read."""
     return _Lazy()
+
+
+def export_both_impls(loaded, folder: Path) -> dict:
+    """One trace of ``loaded`` (opset 20) saved as ``plugin.onnx`` and ``inline.onnx`` in
+    ``folder``: ``{merge_impl: ExportedModel}`` (call ``cleanup()`` on each when done)."""
+    from qm_export.export.onnx_export import export_onnx, trace_to_ir
+
+    traced = trace_to_ir(loaded, 20)
+    return {impl: export_onnx(loaded, folder / f"{impl}.onnx", merge_impl=impl, traced=traced)
+            for impl in ("plugin", "inline")}

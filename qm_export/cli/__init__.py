@@ -81,7 +81,7 @@ class QmExportGroup(click.Group):
                 common.emit_json_failure(exc)
                 sys.exit(exc.exit_code)
             except click.ClickException as exc:
-                exc.show()
+                common.show_error(exc)
                 common.emit_json_failure(exc)
                 sys.exit(exc.exit_code)
             sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)

@@ -117,6 +117,19 @@ def emit_json(doc: Any) -> None:
     _INVOCATION.json_emitted = True
 
 
+def show_error(exc: click.ClickException) -> None:
+    """Show ``exc`` on stderr as one line. A usage error (a bad option or argument) is
+    ``Error: <message> (see 'qm-export CMD --help')`` instead of click's usage block and hint
+    lines; every other error shows itself (``FAILED: ...``, ``Error: ...``, ``interrupted``)."""
+    if isinstance(exc, click.UsageError):
+        ctx = exc.ctx
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        click.echo(f"Error: {message}{hint}", err=True)
+        return
+    exc.show()
+
+
 def emit_json_failure(exc: click.ClickException) -> None:
     """On a failure under ``--json``: ``{"passed": false, "error": ..., **report}`` unless the
     command already wrote its document."""
@@ -178,6 +191,29 @@ def status(err: Any, message: str) -> Iterator[Callable[[str], None]]:
     yield say
 
 
+#: What --merge's help says about its amounts (shared by every command that takes it).
+MERGE_HELP = ("LAYER:AMOUNT entries, e.g. '1:0.5,4:0.7' (merge inside LAYER, after its attention), 'embed:0.33' "
+              "(merge the embeddings before layer 0, so every layer runs on the merged tokens). AMOUNT: a float in "
+              "(0, 1) is a keep ratio, an int a token count: '1:1' keeps one token, '1:1.0' would keep every token "
+              "and is refused (use --no-merge for the unmerged model).")
+
+
+def merge_spec_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Callback of ``--merge``: refuse entries that merge nothing (``1:1.0``), naming them."""
+    from ..models.schedule import noop_entries
+
+    if value is None:
+        return None
+    noops = noop_entries(value)
+    if noops:
+        entry = noops[0]
+        raise click.BadParameter(
+            f"{value!r}: the entry {entry!r} is a keep ratio of 1.0, which keeps every token (no merge); "
+            f"'{entry.split(':')[0]}:1' (an int) keeps one token; for the unmerged model pass --no-merge",
+            ctx=ctx, param=param)
+    return value
+
+
 def _failure_types() -> tuple[type[BaseException], ...]:
     """Library errors that are failures the command found (exit 1), not bad input; only from
     modules already imported (an error of a module that was never imported cannot occur)."""
@@ -214,6 +250,8 @@ def fail_on() -> Iterator[None]:
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
             PermissionError) as exc:
         raise InputError(str(exc)) from None
+    except MemoryError:  # an allocation the estimates (qm_export.memory) did not foresee
+        raise CommandFailed("ran out of memory; try a smaller --batch or --seq-len") from None
     except OSError as exc:  # the disk filled, a device failed: the command could not finish
         where = f" ({exc.filename})" if exc.filename else ""
         raise CommandFailed(f"{exc.strerror or exc}{where}") from None

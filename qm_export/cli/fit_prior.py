@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import console, emit_json, fail_on, status, verdict
+from .common import console, emit_json, fail_on, merge_spec_option, status, verdict
 
 
 @click.command("fit-prior")
@@ -15,7 +15,7 @@ from .common import console, emit_json, fail_on, status, verdict
               help="Prior file (.safetensors). Default: next to the model folder / recipe.")
 @click.option("--layer", type=click.IntRange(min=0), default=None,
               help="Merge layer to fit for. Default: the schedule's first merge layer.")
-@click.option("--schedule", default=None,
+@click.option("--schedule", default=None, callback=merge_spec_option,
               help="Merge schedule applied while capturing, e.g. '2:0.5'. Default: {LAYER: 0.5}, "
                    "or one merge keeping half the tokens in layer num_layers // 3.")
 @click.option("--steps", type=click.IntRange(min=1), default=300, help="Optimiser steps.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import CommandFailed, console, emit_json, fail_on, status
+from .common import MERGE_HELP, CommandFailed, console, emit_json, fail_on, merge_spec_option, status
 
 
 def _batches(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -24,7 +24,8 @@ def _batches(ctx: click.Context, param: click.Parameter, value: str) -> tuple[in
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("qm-export-run"),
               show_default=True, help="Folder for the models and reports (refused if not empty, unless --force).")
 @click.option("--force", is_flag=True, help="Replace the output folder.")
-@click.option("--merge", "schedule", metavar="SCHEDULE", help="Merge schedule overriding the recipe's, e.g. '1:0.33'.")
+@click.option("--merge", "schedule", metavar="SCHEDULE", callback=merge_spec_option,
+              help="Merge schedule overriding the recipe's: " + MERGE_HELP)
 @click.option("--batch", "batches", callback=_batches, default="1,4", show_default=True, metavar="LIST",
               help="Batch sizes to profile.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="CPU runtime threads.")

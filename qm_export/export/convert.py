@@ -118,6 +118,16 @@ def _static_seq(dynamic_shapes: Any) -> Any:
     return dynamic_shapes
 
 
+def _has_sequence_axis(dynamic_shapes: Any) -> bool:
+    """Whether any input has a dynamic axis besides the batch (axis 0)."""
+    specs = dynamic_shapes.values() if isinstance(dynamic_shapes, dict) else (dynamic_shapes or ())
+    for spec in specs:
+        axes = spec.keys() if isinstance(spec, dict) else range(len(spec or ()))
+        if any(axis != 0 and (not isinstance(spec, (list, tuple)) or spec[axis] is not None) for axis in axes):
+            return True
+    return False
+
+
 def declared_shapes(loaded: Any) -> list[tuple[int | None, int | None]]:
     """``(batch, seq_len)`` pairs to verify: the example and the build profile's min/opt/max."""
     return list(getattr(loaded, "declared_shapes", ((None, None),)))
@@ -246,6 +256,9 @@ def run_convert(options: ConvertOptions, console: Any = None,
         **({"prior": options.prior, "prior_weight": options.prior_weight} if options.prior else {}),
     )
     if not options.dynamic_seq:
+        if not _has_sequence_axis(loaded.dynamic_shapes):
+            raise ValueError(f"--static-seq: {options.source} ({loaded.family}) has no sequence axis to fix: its "
+                             "token count is set by its input size, and only the batch axis is dynamic")
         loaded.dynamic_shapes = _static_seq(loaded.dynamic_shapes)
     precision = loaded.precision
     opset = options.opset

@@ -8,6 +8,12 @@ One parser, :func:`parse_schedule`, accepts every form users write:
 - the CLI spelling ``"1:0.5,4:0.7"``.
 
 A float in ``(0, 1]`` is a ``keep_ratio``; an int ``>= 1`` is an absolute ``keep``.
+
+The key ``embed`` (``"embed:0.33"``, ``{"embed": 0.33}``, TOML ``{embed = 0.33}``) merges the
+embeddings *before* layer 0, so that every layer runs on the merged tokens; it is stored as
+layer :data:`EMBED` (``-1``), and ``-1`` is accepted for it too (``"-1:0.33"``), so that any
+spelling that writes ``f"{layer}:{amount}"`` parses back to the same schedule.
+:func:`layer_label` prints a layer index the way users write it (``embed`` for ``-1``).
 """
 
 from __future__ import annotations
@@ -21,15 +27,28 @@ from typing import Any
 
 from ..merge.config import MODES, QuickMergeConfig
 
-__all__ = ["LayerMerge", "MergeSchedule", "parse_schedule", "SALIENCY_SOURCES"]
+__all__ = ["LayerMerge", "MergeSchedule", "parse_schedule", "noop_entries", "SALIENCY_SOURCES", "EMBED", "EMBED_KEY", "layer_label"]
 
 #: Where saliency comes from: the host layer's attention probabilities, or self-similarity.
 SALIENCY_SOURCES = ("attention", "self")
 
+#: The layer index of a merge on the embeddings, before layer 0.
+EMBED = -1
+#: How schedules spell :data:`EMBED`.
+EMBED_KEY = "embed"
+
+
+def layer_label(layer: int) -> str:
+    """A merge layer as users write it: ``"embed"`` for :data:`EMBED` (-1), else the index."""
+    return EMBED_KEY if layer == EMBED else str(layer)
+
 
 @dataclass(frozen=True)
 class LayerMerge:
-    """One merge: inside ``layer`` (after its attention), keep ``keep`` tokens or ``keep_ratio``."""
+    """One merge: inside ``layer`` (after its attention), keep ``keep`` tokens or ``keep_ratio``.
+
+    ``layer == EMBED`` (-1): on the embeddings, before layer 0 (self-similarity saliency).
+    """
 
     layer: int
     keep_ratio: float = 1.0
@@ -38,6 +57,16 @@ class LayerMerge:
     @property
     def is_noop(self) -> bool:
         return self.keep is None and self.keep_ratio >= 1.0
+
+    @property
+    def is_embed(self) -> bool:
+        """Whether this merge runs on the embeddings, before layer 0."""
+        return self.layer == EMBED
+
+    def spelling(self, exact: bool = False) -> str:
+        """``"embed:0.33"``, ``"1:0.5"``, ``"4:12"``; ``exact`` writes the ratio's ``repr``."""
+        amount = str(self.keep) if self.keep is not None else (repr(self.keep_ratio) if exact else f"{self.keep_ratio:g}")
+        return f"{layer_label(self.layer)}:{amount}"
 
 
 @dataclass(frozen=True)
@@ -78,8 +107,13 @@ class MergeSchedule:
 
     @property
     def layers(self) -> tuple[int, ...]:
-        """Indices of the merging layers."""
+        """Indices of the merging layers (``EMBED`` = -1 first when the embeddings merge)."""
         return tuple(m.layer for m in self.merges)
+
+    @property
+    def merges_embeddings(self) -> bool:
+        """Whether a merge runs on the embeddings, before layer 0."""
+        return any(m.is_embed for m in self.merges)
 
     def config_for(self, layer: int) -> QuickMergeConfig | None:
         """The :class:`QuickMergeConfig` of ``layer``, or None if it does not merge."""
@@ -95,23 +129,49 @@ class MergeSchedule:
         return None
 
     def check_layers(self, num_layers: int) -> None:
-        """Raise ``ValueError`` if a merge names a layer the model does not have."""
+        """Raise ``ValueError`` if a merge names a layer the model does not have
+        (``embed``, before layer 0, is every model's)."""
         for m in self.merges:
-            if not 0 <= m.layer < num_layers:
+            if not EMBED <= m.layer < num_layers:
                 raise ValueError(
                     f"merge schedule names layer {m.layer}, but the model has {num_layers} "
-                    f"layers (0..{num_layers - 1})"
+                    f"layers (0..{num_layers - 1}, or '{EMBED_KEY}' before layer 0)"
                 )
 
     def replace(self, **changes: Any) -> "MergeSchedule":
         return dataclasses.replace(self, **changes)
 
-    def describe(self) -> str:
-        """The CLI spelling, e.g. ``"1:0.5,4:0.7"`` (empty when nothing merges)."""
-        parts = []
+    def token_counts(self, n_tokens: int, where: str = "") -> list[int]:
+        """Tokens leaving each merge for ``n_tokens`` entering the model (merge order); raise
+        ``ValueError`` for a merge that cannot do anything there, before any tracing.
+
+        An absolute ``keep`` must be below the mergeable count ``N' = tokens - protect`` at its
+        layer: ``keep >= N'`` keeps every token (``keep > N'`` fails in the graph). ``where``
+        (e.g. ``" at sequence length 4"``) ends the message.
+        """
+        from ..merge.config import resolve_keep
+
+        n, out = int(n_tokens), []
         for m in self.merges:
-            parts.append(f"{m.layer}:{m.keep}" if m.keep is not None else f"{m.layer}:{m.keep_ratio:g}")
-        return ",".join(parts)
+            mergeable = n - self.protect
+            if m.keep is not None:
+                if m.keep >= mergeable:
+                    label = layer_label(m.layer)
+                    lead = "the embeddings have" if m.is_embed else f"layer {label} has"
+                    raise ValueError(
+                        f"merge schedule entry '{m.spelling()}': keep={m.keep} tokens, but {lead} only {mergeable} "
+                        f"mergeable tokens ({n} tokens, {self.protect} protected){where}, so nothing would merge; "
+                        f"give a count below {mergeable} or a keep ratio such as '{label}:0.5'"
+                    )
+                n = self.protect + m.keep
+            else:
+                n = self.protect + int(resolve_keep(mergeable, self.config_for(m.layer)))
+            out.append(n)
+        return out
+
+    def describe(self) -> str:
+        """The CLI spelling, e.g. ``"embed:0.5,1:0.5,4:0.7"`` (empty when nothing merges)."""
+        return ",".join(m.spelling() for m in self.merges)
 
 
 def _amount(value: Any, where: str) -> tuple[float, int | None]:
@@ -134,13 +194,30 @@ def _amount(value: Any, where: str) -> tuple[float, int | None]:
     return v, None
 
 
+_LAYER_HELP = f"an index >= 0, or '{EMBED_KEY}' (a merge on the embeddings, before layer 0)"
+
+
 def _layer(key: Any, where: str) -> int:
-    if isinstance(key, str) and key.strip().lstrip("-").isdigit():
-        key = int(key.strip())
+    """A schedule key -> layer index: an int >= 0, or ``"embed"`` / ``"-1"`` (:data:`EMBED`).
+
+    ``"-1"`` is the spelling ``f"{layer}:{amount}"`` gives an embed merge, accepted so that such
+    text parses back. An *int* ``-1`` in a mapping is refused: in Python it reads as "the last
+    layer", which is not what it would do.
+    """
+    if isinstance(key, str):
+        text = key.strip()
+        if text == EMBED_KEY or text == str(EMBED):
+            return EMBED
+        if not text.isdigit():
+            raise ValueError(f"{where}: the layer must be {_LAYER_HELP}, got {key!r}")
+        key = int(text)
     if isinstance(key, bool) or not isinstance(key, numbers.Integral):
-        raise TypeError(f"{where}: layer index must be an int, got {key!r}")
+        raise TypeError(f"{where}: layer index must be an int >= 0 or '{EMBED_KEY}', got {key!r}")
     if key < 0:
-        raise ValueError(f"{where}: layer index must be >= 0, got {key!r}")
+        raise ValueError(
+            f"{where}: layer index must be >= 0, got {key!r} (negative indices do not count from the end; "
+            f"write '{EMBED_KEY}' for a merge on the embeddings before layer 0)"
+        )
     return int(key)
 
 
@@ -170,6 +247,29 @@ def _entries(spec: Any) -> list[tuple[int, Any]]:
     )
 
 
+def noop_entries(spec: str) -> list[str]:
+    """The entries of a CLI schedule string that merge nothing: a keep ratio of 1.0 (``"1:1.0"``,
+    or a lone ``"1.0"``), which :func:`parse_schedule` drops. ``"1:1"`` (an int: keep one
+    token) is not one. A per-layer list (``"[1.0,0.5]"``, where 1.0 means "this layer does not
+    merge") is not checked. Entries that do not parse are left to :func:`parse_schedule`."""
+    text = spec.strip()
+    if not text or text.startswith("["):
+        return []
+    try:
+        entries = _entries(text)
+    except (TypeError, ValueError):
+        return []
+    out = []
+    for (layer, amount), part in zip(entries, text.split(",") if ":" in text or "," in text else [text]):
+        try:
+            ratio, keep = _amount(amount, "")
+        except (TypeError, ValueError):
+            continue
+        if keep is None and ratio >= 1.0:
+            out.append(part.strip())
+    return out
+
+
 def parse_schedule(
     spec: Any,
     *,
@@ -195,8 +295,9 @@ def parse_schedule(
         seen: dict[int, LayerMerge] = {}
         for layer, value in entries:
             if layer in seen:
-                raise ValueError(f"merge schedule names layer {layer} twice")
-            ratio, keep = _amount(value, f"merge schedule layer {layer}")
+                raise ValueError(f"merge schedule names layer {layer_label(layer)} twice")
+            where = f"merge schedule layer {layer}" if layer != EMBED else f"merge schedule entry '{EMBED_KEY}' (before layer 0)"
+            ratio, keep = _amount(value, where)
             seen[layer] = LayerMerge(layer, ratio, keep)
         merges = tuple(m for _, m in sorted(seen.items()) if not m.is_noop)
         schedule = MergeSchedule(merges, protect, mode, saliency, scales, dict(options))

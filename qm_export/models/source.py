@@ -8,7 +8,7 @@ the Hugging Face adapters (``qm_export.adapters.hf.load_hf_source``, imported la
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,9 +111,9 @@ def _load_hf(source: Any, **options: Any) -> LoadedModel:
     try:
         from ..adapters.hf import load_hf_source  # type: ignore[import-not-found]
     except ImportError as err:
-        raise ValueError(
+        raise ImportError(
             f"{source} is a Hugging Face model directory, but the Hugging Face adapters "
-            f"(qm_export.adapters.hf) cannot be imported: {err}"
+            f"(qm_export.adapters.hf) cannot be imported ({err}): pip install 'qm-export[hf]'"
         ) from None
     return load_hf_source(source, **options)
 
@@ -256,8 +256,11 @@ def _attach_fitted_prior(model: nn.Module, path: str | Path) -> None:
     """Put the prior at ``path`` in the merge layer it was fitted for; the model's other merge
     layers run without prior guidance."""
     from ..priors.io import load_prior, read_prior_metadata
+    from ..priors.signature import check_prior_source
 
-    layer = read_prior_metadata(path).get("layer")
+    meta = read_prior_metadata(path)
+    check_prior_source(path, meta, model)
+    layer = meta.get("layer")
     if not isinstance(layer, int):
         raise ValueError(f"prior {str(path)!r} does not say which merge layer it was fitted for (metadata 'layer')")
     if layer not in model.merge_layers:
@@ -316,10 +319,18 @@ def recipe_source(
     seq_limit = getattr(config, "max_positions", None)
     if seq_len is not None and seq_limit is not None and seq_len > seq_limit:
         raise ValueError(f"seq_len={seq_len} exceeds max_positions={seq_limit} of {recipe.name}")
+    row_bytes = _row_bytes_of(model, config, lambda s: _make_inputs(
+        model, _example_shapes(recipe, 1, seq_len if s is None else s, cls.dynamic_sequence), seed, dtype), dtype)
+    if batch is not None:
+        row_bytes("--batch", batch, None)
     shapes = _example_shapes(recipe, batch, seq_len, cls.dynamic_sequence)
     example = _make_inputs(model, shapes, seed, dtype)
     trace_shapes = _trace_shapes(recipe, shapes)
     trace = example if trace_shapes == shapes else _make_inputs(model, trace_shapes, seed, dtype)
+
+    declared = _declared_shapes(recipe, shapes, seq_limit, cls.dynamic_sequence)
+    _check_token_counts(model, recipe, declared, lambda b, s: _make_inputs(
+        model, _example_shapes(recipe, b, seq_len if s is None else s, cls.dynamic_sequence), seed, dtype))
 
     def tokens_per_layer(*inputs: torch.Tensor) -> list[int]:
         with torch.no_grad():
@@ -347,7 +358,73 @@ def recipe_source(
         export_defaults=recipe.export,
         build_shapes=dict(recipe.build_shapes),
         tokens_per_layer=tokens_per_layer,
-        sample_inputs=lambda batch=None, seq_len=None, seed=seed: _make_inputs(
-            model, _example_shapes(recipe, batch, seq_len, cls.dynamic_sequence), seed, dtype),
-        declared_shapes=_declared_shapes(recipe, shapes, seq_limit, cls.dynamic_sequence),
+        sample_inputs=lambda batch=None, seq_len=None, seed=seed: (
+            row_bytes("--batch", batch, seq_len),
+            _make_inputs(model, _example_shapes(recipe, batch, seq_len, cls.dynamic_sequence), seed, dtype))[1],
+        declared_shapes=declared,
     )
+
+
+def _row_bytes_of(model: nn.Module, config: Any, make_row: Callable[[int | None], tuple[torch.Tensor, ...]],
+                  dtype: torch.dtype) -> Callable[[str, int | None, int | None], None]:
+    """``check(option, batch, seq_len)``: refuse a batch whose forward cannot fit in memory
+    (:mod:`qm_export.memory`); the per-row estimate is computed once per sequence length."""
+    from ..memory import check_batch_fits, forward_row_bytes
+
+    cache: dict[int | None, int] = {}
+
+    def check(option: str, batch: int | None, seq_len: int | None) -> None:
+        if batch is None or batch <= 1:
+            return
+        if seq_len not in cache:
+            row = make_row(seq_len)
+            tokens = _stack_tokens(model, row)
+            cache[seq_len] = forward_row_bytes(sum(t.numel() * t.element_size() for t in row), tokens,
+                                               config.dim, config.heads, config.mlp_hidden,
+                                               torch.finfo(dtype).bits // 8)
+        check_batch_fits(option, batch, cache[seq_len])
+
+    return check
+
+
+class _Entered(Exception):
+    """Raised by a hook to stop a forward once the stack's input is known."""
+
+
+def _stack_tokens(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """Tokens entering ``model.stack`` (after the embeddings) for ``inputs``: the forward stops
+    at the stack, so no layer runs."""
+    seen: list[int] = []
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        seen.append(int(args[0].shape[1]))
+        raise _Entered
+
+    handle = model.stack.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except _Entered:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError("the model never reached its layer stack")
+    return seen[0]
+
+
+def _check_token_counts(model: nn.Module, recipe: Recipe, declared: Sequence[tuple[int | None, int | None]],
+                        make: Callable[[int | None, int | None], tuple[torch.Tensor, ...]]) -> None:
+    """Refuse, before any tracing, a schedule that cannot merge at one of the declared shapes
+    (``keep`` >= the mergeable tokens of its layer): :meth:`MergeSchedule.token_counts`."""
+    if not model.schedule.merges:
+        return
+    counts: dict[int, int | None] = {}
+    for _, seq in declared:
+        if seq not in counts:
+            counts[seq] = None
+    for seq in sorted(counts, key=lambda s: -1 if s is None else s):
+        n = _stack_tokens(model, make(1, seq))
+        where = "" if seq is None else f" at sequence length {seq} (a shape {recipe.name}'s build profile declares)"
+        model.schedule.token_counts(n, where)
+

@@ -8,6 +8,14 @@ heads, to the same token counts), then ``feed_forward`` (MLP sub-block) on the m
 between the halves lets the merge read the layer's own attention probabilities, and the MLP,
 the larger half of the layer's cost, already runs on fewer tokens.
 
+A merge on the embeddings (schedule key ``embed``, layer ``EMBED = -1``) runs before block 0
+on the stack's input: QuickMerge++ with self-similarity saliency (no attention exists yet:
+``quickmerge(h, attn=None, scales=None)``, spec §3's "the one scale is x") and the embeddings
+as assignment metric, or ToMe matching on the embeddings; every layer then runs on the merged
+tokens. It is one scale: nothing exists before layer 0, so it neither reads nor starts the
+multi-scale history, and later merges' windows are those they would have without it (the
+layers before them, on the merged tokens).
+
 Shapes: ``B`` batch, ``M`` current tokens, ``D`` width, ``H`` heads, ``dh = D / H``.
 """
 
@@ -25,8 +33,8 @@ from ..merge.quickmerge import MergeInfo
 from ..merge.tome_export import ToMeInfo, tome_merge
 from .layers import Block
 from .merge_step import merge_step, push_history, scale_feature
-from .merging import TokenState, attention_bias, real_sizes
-from .schedule import MergeSchedule
+from .merging import TokenState, attention_bias, merge_tokens, real_sizes
+from .schedule import EMBED, MergeSchedule
 
 __all__ = ["LayerCache", "StackOutput", "MergingStack", "seeded", "MERGE_METHODS", "check_method"]
 
@@ -82,8 +90,10 @@ class StackOutput:
 
     - ``hidden`` ``(B, M, D)`` and ``state``: the final tokens and their state.
     - ``merges``: quickmerge's info of every merge, in layer order (ToMe's
-      :class:`~qm_export.merge.tome_export.ToMeInfo` with ``method="tome"``).
-    - ``tokens``: tokens entering each layer, then the number leaving the last (``depth + 1``).
+      :class:`~qm_export.merge.tome_export.ToMeInfo` with ``method="tome"``); an embed merge
+      is the first.
+    - ``tokens``: tokens entering each layer, then the number leaving the last (``depth + 1``);
+      after an embed merge the first entry is the merged count.
     - ``cache``: per-layer :class:`LayerCache` (``collect_cache=True``), else None.
     - ``attentions``: per layer ``(probs (B, H, M, M), positions (B, M))`` when asked for.
     """
@@ -129,8 +139,8 @@ class MergingStack(nn.Module):
             for the per-merge-layer priors built when ``prior_weight > 0``.
         seed: seed of the priors' random init (the blocks use the caller's RNG).
         method: ``"quickmerge"`` (default) or ``"tome"``: ToMe merges the same layers to the
-            same token counts, matching on the layer's keys averaged over heads
-            (:func:`check_method` says where it cannot run).
+            same token counts, matching on the layer's keys averaged over heads (on the
+            embeddings for an embed merge; :func:`check_method` says where it cannot run).
     """
 
     def __init__(
@@ -163,7 +173,8 @@ class MergingStack(nn.Module):
         self.priors = nn.ModuleDict()
         if float(schedule.options.get("prior_weight", 0.0)) > 0:
             for layer in schedule.layers:
-                with seeded(seed + 1 + layer):
+                # seed + 1 + layer; the embed merge's (layer -1) after the last layer's, apart from the model's seed
+                with seeded(seed + 1 + (depth if layer == EMBED else layer)):
                     self.priors[str(layer)] = AutoregressivePrior(dim, **dict(prior_config or {}))
 
     @property
@@ -184,9 +195,13 @@ class MergingStack(nn.Module):
         history: list[torch.Tensor] = []
         merges: list[MergeInfo | ToMeInfo] = []
         tome = self.method == "tome"
-        tokens: list[Any] = [h.shape[1]]
         cache: list[LayerCache] = []
         attentions: list[tuple[torch.Tensor, torch.Tensor]] = []
+        embed_cfg = self.configs.get(EMBED)
+        if embed_cfg is not None:
+            h, state, embed_info = self.merge_embeddings(h, state, embed_cfg, generator=generator)
+            merges.append(embed_info)
+        tokens: list[Any] = [h.shape[1]]
         bias = attention_bias(state, self.causal, h.dtype)
         for layer, block in enumerate(self.blocks):
             a = block.attend(h, bias)
@@ -221,6 +236,28 @@ class MergingStack(nn.Module):
             cache if collect_cache else None,
             attentions if collect_attentions else None,
         )
+
+    def merge_embeddings(
+        self, h: torch.Tensor, state: TokenState, cfg: QuickMergeConfig, *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, TokenState, MergeInfo | ToMeInfo]:
+        """The embed merge (schedule key ``embed``): ``h`` ``(B, N, D)`` before layer 0.
+
+        QuickMerge++ with self-similarity saliency of ``h`` (no attention exists yet), ``h``
+        as the assignment metric, the state's masks/sizes/positions, the embed prior when
+        ``prior_weight > 0``; or, with ``method="tome"``, ToMe matching on ``h``.
+        """
+        if self.method == "tome":
+            return tome_merge(h, state, cfg, h)
+        key = str(EMBED)
+        prior = self.priors[key] if key in self.priors else None
+        if prior is None and cfg.prior_weight > 0:
+            cfg = cfg.replace(prior_weight=0.0)
+        merged, new_state, info, _ = merge_tokens(
+            h, state, cfg, attn=None, scales=None, metric=None, prior=prior,
+            training=self.training, generator=generator,
+        )
+        return merged, new_state, info
 
     def decode(
         self, h: torch.Tensor, cache: list[LayerCache], positions: torch.Tensor

@@ -1,7 +1,8 @@
 """``sweep``: quality against latency over keep ratios, the curve an operating point is picked from.
 
-For every keep ratio (and method, with ``compare=("tome",)``) the source is merged once, in
-one layer, at that ratio, exported to ONNX and run in ONNX Runtime:
+For every merge layer (``layer``: one or several, each on its own; ``-1`` = ``embed``, the
+embeddings before layer 0), keep ratio and method (``compare=("tome",)``) the source is merged
+once, in that layer, at that ratio, exported to ONNX and run in ONNX Runtime:
 
 - **quality**: the cosine of the model's main output to the unmerged model's, per row
   (flattened), on the source's inputs (a Hugging Face text model's own tokenizer over
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..models.schedule import layer_label
 
 __all__ = ["SweepOptions", "SweepRow", "SweepReport", "parse_ratios", "row_cosines", "run_sweep", "METHODS"]
 
@@ -82,7 +85,9 @@ class SweepOptions:
     source: str
     keep_ratios: Sequence[float]
     compare: Sequence[str] = ()
-    layer: int | None = None
+    #: merge layers to sweep, each on its own (``EMBED`` = -1: the embeddings); None: the
+    #: source's first merge layer. One int is one layer.
+    layer: int | Sequence[int] | None = None
     batch: int = 1
     quality_batch: int = 8
     seq_len: int | None = None
@@ -100,6 +105,8 @@ class SweepRow:
     method: str
     keep_ratio: float
     schedule: str
+    #: the merge layer (``-1``: the embeddings; None for the unmerged model)
+    layer: int | None
     tokens_per_layer: list[int]
     token_layers: float
     cosine_mean: float
@@ -117,7 +124,7 @@ class SweepReport:
     """The sweep: its settings, one :class:`SweepRow` per model, and the output compared."""
 
     source: str
-    layer: int
+    layers: list[int]
     output: str
     batch: int
     threads: int
@@ -126,7 +133,7 @@ class SweepReport:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "layer": self.layer, "output": self.output, "batch": self.batch,
+        return {"source": self.source, "layers": self.layers, "output": self.output, "batch": self.batch,
                 "threads": self.threads, "runs": self.runs, "rows": [r.to_json() for r in self.rows],
                 "notes": self.notes}
 
@@ -136,6 +143,15 @@ def _default_layer(source: str, seed: int) -> int:
 
     loaded = load_source(source, seed=seed)
     return int(loaded.merge_layers[0]) if loaded.merge_layers else 0
+
+
+def _layers(options: SweepOptions) -> list[int]:
+    if options.layer is None:
+        return [_default_layer(options.source, options.seed)]
+    layers = [options.layer] if isinstance(options.layer, int) else list(options.layer)
+    if not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"--layer: give each layer once, got {layers}")
+    return [int(x) for x in layers]
 
 
 def _export(loaded: Any, path: Path) -> None:
@@ -165,26 +181,26 @@ def run_sweep(options: SweepOptions, progress: Progress | None = None) -> SweepR
             raise ValueError(f"--compare: {method!r} is not a method to compare with; use tome")
     methods = ["quickmerge", *[m for m in options.compare if m != "quickmerge"]]
     say(f"loading {options.source}")
-    layer = _default_layer(options.source, options.seed) if options.layer is None else int(options.layer)
+    layers = _layers(options)
     base = load_source(options.source, no_merge=True, seed=options.seed, seq_len=options.seq_len)
     feeds_quality = source_input_sets(base, seed=options.seed, batch=options.quality_batch, seq_len=options.seq_len)[0]
     feeds_time = source_input_sets(base, seed=options.seed, batch=options.batch, seq_len=options.seq_len)[0]
-    plan = [(m, r) for m in methods for r in ratios if r < 1.0]
+    plan = [(layer, m, r) for layer in layers for m in methods for r in ratios if r < 1.0]
     # Load every merged model before exporting anything: a bad layer or ratio fails in seconds.
-    models: list[tuple[str, float, Any]] = [("unmerged", 1.0, base)]
-    for method, ratio in plan:
-        spec = f"{layer}:{ratio!r}"
+    models: list[tuple[int | None, str, float, Any]] = [(None, "unmerged", 1.0, base)]
+    for layer, method, ratio in plan:
+        spec = f"{layer}:{ratio!r}"  # "-1:0.5" is the embed merge
         kwargs = {"method": method} if method != "quickmerge" else {}
-        models.append((method, ratio, load_source(options.source, schedule=spec, seed=options.seed,
-                                                  seq_len=options.seq_len, **kwargs)))
-    report = SweepReport(source=options.source, layer=layer, output=str(base.output_names[0]), batch=options.batch,
+        models.append((layer, method, ratio, load_source(options.source, schedule=spec, seed=options.seed,
+                                                         seq_len=options.seq_len, **kwargs)))
+    report = SweepReport(source=options.source, layers=layers, output=str(base.output_names[0]), batch=options.batch,
                          threads=options.threads, runs=options.runs)
     settings = OrtSettings(threads=options.threads)
     with tempfile.TemporaryDirectory(prefix="qm-sweep-") as tmp:
         folder = Path(options.out_dir) if options.out_dir is not None else Path(tmp)
         runners, paths = [], []
-        for i, (method, ratio, loaded) in enumerate(models):
-            name = "unmerged" if method == "unmerged" else f"{method}-{ratio:g}"
+        for i, (layer, method, ratio, loaded) in enumerate(models):
+            name = "unmerged" if layer is None else f"{method}-{layer_label(layer)}-{ratio:g}"
             path = folder / f"{name}.onnx"
             say(f"exporting {name} ({i + 1}/{len(models)})")
             _export(loaded, path)
@@ -197,12 +213,13 @@ def run_sweep(options: SweepOptions, progress: Progress | None = None) -> SweepR
                                  progress=lambda d, i, n: say(f"timing {len(runners)} models interleaved: {i}/{n}"),
                                  description="timing")
         base_tokens = base.tokens_per_layer(*base.example_inputs)
-        for (method, ratio, loaded), out, t, path in zip(models, outputs, times, paths):
+        for (layer, method, ratio, loaded), out, t, path in zip(models, outputs, times, paths):
             cos = row_cosines(outputs[0], out, feeds_quality.get("attention_mask"))
             tokens = loaded.tokens_per_layer(*loaded.example_inputs)
             stats = latency_stats(t)
             report.rows.append(SweepRow(
-                method=method, keep_ratio=ratio, schedule="none" if method == "unmerged" else f"{layer}:{ratio:g}",
+                method=method, keep_ratio=ratio, layer=layer,
+                schedule="none" if layer is None else f"{layer_label(layer)}:{ratio:g}",
                 tokens_per_layer=tokens, token_layers=sum(tokens[:-1]) / max(sum(base_tokens[:-1]), 1),
                 cosine_mean=float(cos.mean()), cosine_min=float(cos.min()), latency_ms=stats,
                 path=str(path) if options.out_dir is not None else None,
@@ -215,24 +232,26 @@ def run_sweep(options: SweepOptions, progress: Progress | None = None) -> SweepR
 
 def render_sweep(report: SweepReport, console: Any) -> None:
     """The sweep as a table on ``console`` (stderr)."""
-    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"sweep {report.source}: merge in layer {report.layer}, ONNX Runtime CPU, "
-                        f"{report.threads} threads, batch {report.batch}", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("method", "keep", "tokens", "tok-layers", "cosine", "min cos", "p50 ms", "speedup"):
-        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
+    where = ", ".join(layer_label(x) for x in report.layers)
+    table = Table(title=f"sweep {report.source}: merge in layer {where}, ONNX Runtime CPU, "
+                        f"{report.threads} threads, batch {report.batch}", title_justify="left", box=None,
+                  pad_edge=False, padding=(0, 2, 0, 0), header_style="bold underline")
+    for col in ("method", "layer", "keep", "tokens", "tok-lay", "cosine", "min cos", "p50 ms", "speedup"):
+        table.add_column(col, justify="left" if col in ("method", "layer") else "right", no_wrap=True)
     for r in report.rows:
-        table.add_row(r.method, f"{r.keep_ratio:g}", f"{r.tokens_per_layer[0]}->{r.tokens_per_layer[-1]}",
+        table.add_row(r.method, "-" if r.layer is None else layer_label(r.layer), f"{r.keep_ratio:g}",
+                      f"{r.tokens_per_layer[0]}->{r.tokens_per_layer[-1]}",
                       f"{r.token_layers:.2f}", f"{r.cosine_mean:.4f}", f"{r.cosine_min:.4f}",
                       f"{r.latency_ms['p50']:.2f}", f"{r.speedup_p50:.2f}x" if r.speedup_p50 else "-")
     console.print(table)
-    console.print(f"cosine: of output {report.output!r} to the unmerged model's, per row; token-layers: "
+    console.print(f"cosine: of output {report.output!r} to the unmerged model's, per row; tok-lay: "
                   "tokens summed over layers, relative to unmerged")
 
 
 def plot_sweep(report: SweepReport, path: Path) -> None:
-    """Quality (cosine) against p50 latency, one line per method; written atomically."""
+    """Quality (cosine) against p50 latency, one line per method and layer; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,19 +261,22 @@ def plot_sweep(report: SweepReport, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     base = report.rows[0]
-    for method, marker in (("quickmerge", "o"), ("tome", "s")):
-        rows = [base] + [r for r in report.rows if r.method == method]
+    for (method, marker), layer in ((m, x) for m in (("quickmerge", "o"), ("tome", "s")) for x in report.layers):
+        rows = [base] + [r for r in report.rows if r.method == method and r.layer == layer]
         if len(rows) < 2:
             continue
         rows.sort(key=lambda r: r.latency_ms["p50"])
         label = {"quickmerge": "QuickMerge++", "tome": "ToMe"}[method]
+        if len(report.layers) > 1:
+            label += f", layer {layer_label(layer)}"
         ax.plot([r.latency_ms["p50"] for r in rows], [r.cosine_mean for r in rows], marker=marker, label=label)
         for r in rows:
             ax.annotate(f"{r.keep_ratio:g}", (r.latency_ms["p50"], r.cosine_mean), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
     ax.set_xlabel(f"p50 latency, ms (ORT CPU, {report.threads} threads, batch {report.batch})")
     ax.set_ylabel(f"cosine to unmerged ({report.output})")
-    ax.set_title(f"{report.source}: merge in layer {report.layer}, labels = keep ratio")
+    ax.set_title(f"{report.source}: merge in layer {', '.join(layer_label(x) for x in report.layers)}, "
+                 "labels = keep ratio")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

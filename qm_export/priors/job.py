@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .fit import FitResult, capture_merge_inputs, train_prior
+from .signature import SIGNATURE_KEY, weights_signature
 from .samples import collate_chunks, hash_tokenizer, hf_tokenizer, image_batch, pydoc_documents, text_chunks
 
 __all__ = ["PriorSource", "open_prior_source", "hf_sample_batches", "run_fit"]
@@ -34,6 +35,8 @@ class PriorSource:
     batches: list[dict[str, torch.Tensor]]
     capture: Callable[[list[dict[str, torch.Tensor]], int], list[torch.Tensor]]
     default_output: Path
+    #: :func:`~qm_export.priors.signature.weights_signature` of the model fitted on
+    signature: dict[str, Any] | None = None
 
 
 def hf_sample_batches(
@@ -125,6 +128,7 @@ def _recipe_source(source: str, *, layer: int | None, schedule: str | None, samp
         batches=_recipe_batches(loaded, count=samples, batch_size=batch_size, seed=seed),
         capture=_recipe_capture(loaded),
         default_output=folder / f"{Path(source).stem}-prior-layer{chosen}.safetensors",
+        signature=weights_signature(loaded.model),
     )
 
 
@@ -153,6 +157,7 @@ def _hf_source(path: Path, *, layer: int | None, schedule: str | None, samples: 
         description=str(path), layer=layer, schedule=plan.describe(), batches=batches,
         capture=lambda b, layer_: capture_merge_inputs(model, b, layer_),
         default_output=path / f"qm-prior-layer{layer}.safetensors",
+        signature=weights_signature(model),
     )
 
 
@@ -169,4 +174,6 @@ def run_fit(
         "train_loss_start": result.train_loss_start, "train_loss_end": result.train_loss_end,
         "val_loss_start": result.val_loss_start, "val_loss_end": result.val_loss_end,
     }
+    if src.signature is not None:
+        meta[SIGNATURE_KEY] = src.signature
     return result, meta

@@ -182,10 +182,20 @@ def graph_input_shapes(model: Any) -> dict[str, InputShape]:
 def validate_profile(profile: Profile, inputs: Mapping[str, InputShape]) -> Profile:
     """Check ``profile`` against the graph inputs and complete it with the static ones.
 
-    Errors (``ValueError`` naming input and value): unknown input names; a dynamic input
-    without shapes; a rank that differs from the graph; a static dim that differs; a dim
-    that is not positive; ``min <= opt <= max`` broken at any position.
+    Errors (``ValueError`` naming input and value, and ``--shapes`` when the profile came from
+    it): unknown input names; a dynamic input without shapes; a rank that differs from the
+    graph; a static dim that differs; a dim that is not positive; ``min <= opt <= max``
+    broken at any position.
     """
+    try:
+        return _validate_profile(profile, inputs)
+    except ValueError as err:
+        if profile.source == "shapes" and "--shapes" not in str(err):
+            raise ValueError(f"--shapes: {err}") from None
+        raise
+
+
+def _validate_profile(profile: Profile, inputs: Mapping[str, InputShape]) -> Profile:
     unknown = sorted(set(profile.shapes) - set(inputs))
     if unknown:
         raise ValueError(

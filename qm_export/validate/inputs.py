@@ -174,22 +174,16 @@ def random_feeds(specs: Sequence[TensorSpec], *, batch: int = 1, seq_len: int | 
     Raises:
         ValueError: a dynamic axis beyond those two, or a dtype it cannot make.
     """
+    from ..memory import check_batch_fits, feeds_row_bytes
+
+    shapes = [_feed_shape(spec, 1, seq_len) for spec in specs]
+    row = feeds_row_bytes((shape, np.dtype(np.float32 if spec.dtype is None else spec.dtype).itemsize)
+                          for shape, spec in zip(shapes, specs))
+    check_batch_fits("--batch", batch, row, what="the inputs alone")
     rng = np.random.default_rng(seed)
     feeds: Feeds = {}
     for spec in specs:
-        shape = []
-        dynamic_seen = 0
-        for axis, dim in enumerate(spec.shape):
-            if isinstance(dim, int) and dim > 0:
-                shape.append(dim)
-                continue
-            dynamic_seen += 1
-            if dynamic_seen == 1:
-                shape.append(batch)
-            elif dynamic_seen == 2:
-                shape.append(32 if seq_len is None else seq_len)
-            else:
-                raise ValueError(f"input {spec.name!r}: cannot choose a size for dynamic axis {axis} ({dim!r}); pass --inputs")
+        shape = _feed_shape(spec, batch, seq_len)
         dtype = spec.dtype if spec.dtype is not None else np.dtype(np.float32)
         if np.issubdtype(dtype, np.floating):
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
@@ -204,3 +198,21 @@ def random_feeds(specs: Sequence[TensorSpec], *, batch: int = 1, seq_len: int | 
         else:
             raise ValueError(f"input {spec.name!r}: cannot make inputs of type {spec.elem_type}; pass --inputs")
     return feeds
+
+
+def _feed_shape(spec: TensorSpec, batch: int, seq_len: int | None) -> list[int]:
+    """``spec``'s shape with the first dynamic axis = ``batch``, the second = ``seq_len`` (32)."""
+    shape = []
+    dynamic_seen = 0
+    for axis, dim in enumerate(spec.shape):
+        if isinstance(dim, int) and dim > 0:
+            shape.append(dim)
+            continue
+        dynamic_seen += 1
+        if dynamic_seen == 1:
+            shape.append(batch)
+        elif dynamic_seen == 2:
+            shape.append(32 if seq_len is None else seq_len)
+        else:
+            raise ValueError(f"input {spec.name!r}: cannot choose a size for dynamic axis {axis} ({dim!r}); pass --inputs")
+    return shape

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..export.parity import Flip, ParityResult
+from ..models.schedule import layer_label
 
 __all__ = ["BackendStatus", "ValidateReport", "render_report", "MAX_FLIP_LINES"]
 
@@ -170,7 +171,7 @@ def render_report(report: ValidateReport, console: Any) -> None:
                 nt = layer.seed_near_ties + layer.assign_near_ties
                 bugs = f"[red]{layer.bugs}[/]" if layer.bugs else "0"
                 where = report.layer_of(layer.layer)
-                sel.add_row(r.backend, shape, str(where if where is not None else f"merge {layer.layer}"),
+                sel.add_row(r.backend, shape, layer_label(where) if where is not None else f"merge {layer.layer}",
                             str(layer.seed_flip_rows), str(layer.assign_flips),
                             str(nt), str(layer.consequence_flips), bugs)
         if rows:
@@ -179,7 +180,7 @@ def render_report(report: ValidateReport, console: Any) -> None:
         for r, f in bugs[:MAX_FLIP_LINES]:
             gap = f" gap {f.gap:.2e}" if f.gap is not None else ""
             where = report.layer_of(f.layer)
-            console.print(f"[red]bug[/] {r.backend} layer {where if where is not None else f.layer} row {f.row} "
+            console.print(f"[red]bug[/] {r.backend} layer {layer_label(where) if where is not None else f.layer} row {f.row} "
                           f"{f.kind} tokens {f.tokens}{gap}: {escape(f.detail)}")
         if len(bugs) > MAX_FLIP_LINES:
             console.print(f"[red]... and {len(bugs) - MAX_FLIP_LINES} more bugs[/] (all in --json)")
@@ -189,4 +190,5 @@ def render_report(report: ValidateReport, console: Any) -> None:
     for note in report.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     color = "green" if report.passed else "red"
-    console.print(f"[bold {color}]{escape(report.verdict())}[/]")
+    word, _, text = report.verdict().partition(": ")
+    console.print(f"[bold {color}]{word}[/]: {escape(text)}", soft_wrap=True)  # one line, whatever the width

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...models.schedule import parse_schedule
+from ...models.schedule import EMBED, EMBED_KEY, layer_label, parse_schedule
 from .bert import BERT
 from .family import Family
 from .gpt2 import GPT2
@@ -95,9 +95,10 @@ def _priors(prior: Any, layers: tuple[int, ...], dim: int) -> dict[int, nn.Modul
     if isinstance(prior, Mapping):
         out = {}
         for key, value in prior.items():
-            layer = int(key)
+            layer = EMBED if key in (EMBED_KEY, EMBED) else int(key)
             if layer not in layers:
-                raise ValueError(f"prior given for layer {layer}, which does not merge (merge layers: {list(layers)})")
+                raise ValueError(f"prior given for layer {layer_label(layer)}, which does not merge "
+                                 f"(merge layers: {[layer_label(x) for x in layers]})")
             out[layer] = _load_prior(value, dim, f"prior[{key!r}]")
         return out
     module = _load_prior(prior, dim, "prior")
@@ -128,8 +129,10 @@ def apply_quickmerge(
         model: ``BertModel``/``BertFor*``, ``ViTModel``/``ViTForImageClassification``,
             ``GPT2Model``/``GPT2LMHeadModel``.
         schedule: ``{layer: keep_ratio_or_keep}`` (merge inside that layer, after its
-            attention), a per-layer list (1.0 = no merge), a single ratio (one merge in layer
-            0), the CLI string ``"1:0.5,4:0.7"`` or a :class:`MergeSchedule`.
+            attention; the key ``"embed"`` merges the embeddings before layer 0, with
+            self-similarity saliency), a per-layer list (1.0 = no merge), a single ratio (one
+            merge in layer 0), the CLI string ``"embed:0.5,1:0.5,4:0.7"`` or a
+            :class:`MergeSchedule`.
         protect: leading tokens never merged (default 1 for BERT's ``[CLS]`` and ViT's class
             token, 0 for GPT-2).
         mode: ``"global"`` (default for encoders/ViT) or ``"causal"`` (required for GPT-2).
@@ -142,7 +145,8 @@ def apply_quickmerge(
             averaged over heads; the default for ToMe, as published).
         method: ``"quickmerge"`` or ``"tome"`` (the ToMe baseline, same layers and reduction).
         prior: a fitted prior (``.safetensors`` path or module) used in every merge layer, or
-            ``{layer: prior}`` (merge layers missing from it merge without prior guidance).
+            ``{layer: prior}`` (``"embed"`` or -1 for the embed merge; merge layers missing
+            from it merge without prior guidance).
         prior_weight: weight of the prior's surprise (default 0.3 with a prior, else 0).
         per_row_keep: each padded row keeps as many tokens as it would alone (default True).
         context_length: GPT-2 only: merge only the first tokens (a per-call ``context_length``

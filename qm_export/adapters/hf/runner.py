@@ -3,6 +3,11 @@
 :class:`QuickMergePatch` is the small module a patch registers on the base model (as
 ``base.quickmerge``): the parsed schedule, the options, the priors. :func:`run_layers` is what
 every family's replacement ``forward`` calls between its embeddings and its output head.
+
+A schedule entry ``embed`` (layer ``EMBED = -1``) merges the embeddings before layer 0, with
+self-similarity saliency (no attention exists yet) and the embeddings as matching features
+(also for ToMe and ``metric="keys"``: there are no keys before layer 0); every layer then runs
+on the merged tokens. It is no scale of a later merge's multi-scale window.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ...merge import QuickMergeConfig
 from ...merge.indexing import running_count
 from ...merge.quickmerge import MergeInfo
 from ...merge.tome_export import ToMeInfo, tome_merge
 from ...models.merging import TokenState, unmerge_to_input
-from ...models.schedule import MergeSchedule
+from ...models.schedule import EMBED, MergeSchedule
 from .attention import attention_bias
 from .family import Family
 from .steps import quickmerge_step, tome_step
@@ -52,7 +58,8 @@ class Recorder:
     """Collects what merge layers saw and did during one forward (prior fitting, export debug).
 
     Attributes:
-        capture_layers: layers whose post-attention states are kept in ``inputs`` (any layer).
+        capture_layers: layers whose post-attention states are kept in ``inputs`` (any layer;
+            ``EMBED`` = -1: the embeddings, before the embed merge).
         inputs: ``(layer, hidden (B, M, D), mask (B, M), positions (B, M), n_ctx)`` per capture.
         merges: ``(layer, info)`` per QuickMerge++ merge, in order (``info`` as
             :func:`quickmerge` returns it: ``assign``, ``seeds``, ``saliency``, ...), and per
@@ -119,10 +126,47 @@ def _window_layers(plan: MergeSchedule) -> frozenset[int]:
     """Layers whose attention (or hidden states) feed a merge's multi-scale saliency."""
     layers: set[int] = set()
     prev = -1
-    for merge in plan.merges:
+    for merge in plan.merges:  # an embed merge (layer -1) has no window and leaves prev at -1
         layers.update(range(max(prev + 1, merge.layer - plan.scales + 1), merge.layer + 1))
         prev = merge.layer
     return frozenset(layers)
+
+
+def _merge_step(
+    patch: QuickMergePatch,
+    layer: int,
+    config: QuickMergeConfig,
+    hidden: torch.Tensor,
+    state: TokenState,
+    *,
+    n_ctx: int | None,
+    attn: Sequence[torch.Tensor] | None,
+    scales: Sequence[torch.Tensor] | None,
+    metric: torch.Tensor,
+    training: bool,
+) -> tuple[torch.Tensor, TokenState, int | None]:
+    """One merge of ``hidden`` ``(B, M, D)`` at ``layer`` (``EMBED``: the embeddings) by the
+    patch's method; records it; returns ``(merged, state, n_ctx)``."""
+    recorder = patch.recorder
+    if recorder is not None and layer == EMBED and layer in recorder.capture_layers:
+        recorder.inputs.append((layer, hidden, state.mask, state.positions, n_ctx))
+    if patch.method == "tome" and patch.tome_impl == "batched":
+        hidden, state, tome_info = tome_merge(hidden, state, config, metric)
+        if recorder is not None:
+            recorder.merges.append((layer, tome_info))
+    elif patch.method == "tome":
+        hidden, state = tome_step(hidden, state, config, metric)
+    else:
+        prior = patch.priors[str(layer)] if str(layer) in patch.priors else None
+        if prior is None and config.prior_weight > 0:
+            config = config.replace(prior_weight=0.0)  # a layer left out of a {layer: prior} map
+        hidden, state, info, n_ctx = quickmerge_step(
+            hidden, state, config, n_ctx=n_ctx, attn=attn, scales=scales,
+            metric=metric, prior=prior, training=training, generator=patch.generator,
+        )
+        if recorder is not None:
+            recorder.merges.append((layer, info))
+    return hidden, state, n_ctx
 
 
 def run_layers(
@@ -147,6 +191,13 @@ def run_layers(
     recorder = patch.recorder
     n_ctx = context_length
     bias = attention_bias(state, causal, hidden.dtype)
+    embed_config = plan.config_for(EMBED)
+    if embed_config is not None:
+        hidden, state, n_ctx = _merge_step(
+            patch, EMBED, embed_config, hidden, state, n_ctx=n_ctx, attn=None, scales=None, metric=hidden,
+            training=training,
+        )
+        bias = attention_bias(state, causal, hidden.dtype)
     all_hidden = [unmerge_to_input(hidden, state)] if collect_hidden else None
     window: list[torch.Tensor] = []
     for i, layer in enumerate(layers):
@@ -159,23 +210,11 @@ def run_layers(
         config = plan.config_for(i)
         if config is not None:
             metric = keys.mean(1) if patch.metric == "keys" else h1
-            if patch.method == "tome" and patch.tome_impl == "batched":
-                h1, state, tome_info = tome_merge(h1, state, config, metric)
-                if recorder is not None:
-                    recorder.merges.append((i, tome_info))
-            elif patch.method == "tome":
-                h1, state = tome_step(h1, state, config, metric)
-            else:
-                prior = patch.priors[str(i)] if str(i) in patch.priors else None
-                if prior is None and config.prior_weight > 0:
-                    config = config.replace(prior_weight=0.0)  # a layer left out of a {layer: prior} map
-                h1, state, info, n_ctx = quickmerge_step(
-                    h1, state, config, n_ctx=n_ctx,
-                    attn=window if use_attn else None, scales=None if use_attn else window,
-                    metric=metric, prior=prior, training=training, generator=patch.generator,
-                )
-                if recorder is not None:
-                    recorder.merges.append((i, info))
+            h1, state, n_ctx = _merge_step(
+                patch, i, config, h1, state, n_ctx=n_ctx,
+                attn=window if use_attn else None, scales=None if use_attn else window,
+                metric=metric, training=training,
+            )
             window = []
             bias = attention_bias(state, causal, hidden.dtype)
         hidden = family.feed_forward(layer, h1)

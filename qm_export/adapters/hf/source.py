@@ -8,15 +8,17 @@ order — what ``torch.export.export`` and the ONNX exporter need.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ...models.schedule import MergeSchedule
+from ...errors import SourceError
+from ...models.schedule import EMBED, MergeSchedule
 from ...models.source import LoadedModel
 from ...recipes import ExportDefaults, ShapeProfile, Tolerance
 from .patch import METHODS, SUPPORTED, apply_quickmerge, resolve_base
@@ -54,20 +56,104 @@ def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Modu
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    transformers = import_transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as err:  # malformed JSON, a missing model_type, ...: the folder's fault
+        raise SourceError(f"{path / 'config.json'} cannot be read as a Hugging Face config: {_first_line(err)}") from None
     names = [a for a in (getattr(config, "architectures", None) or []) if a in _ARCHITECTURES]
     name = names[0] if names else _BY_MODEL_TYPE.get(getattr(config, "model_type", ""))
     if name is None:
         found = getattr(config, "architectures", None) or getattr(config, "model_type", "?")
         raise TypeError(f"{path}: model {found} is not supported; supported: {SUPPORTED}")
-    model = getattr(transformers, name).from_pretrained(path, local_files_only=True)
+    weights = [f for f in _WEIGHT_FILES if (path / f).is_file()]
+    if not weights:
+        raise SourceError(f"{path} has no weights: expected one of {', '.join(_WEIGHT_FILES)} next to config.json")
+    try:
+        with _quiet_loading(transformers):
+            model = getattr(transformers, name).from_pretrained(path, local_files_only=True)
+    except Exception as err:  # a truncated or corrupt weights file, shapes that do not match the config
+        raise SourceError(f"{path / weights[0]}: the weights cannot be loaded ({_first_line(err)}); "
+                          "is the file complete?") from None
     model = model.to(PRECISIONS[precision]).eval()
     tokenizer = None
     if any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")):
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as err:
+            raise SourceError(f"{path}: its tokenizer files cannot be loaded ({_first_line(err)})") from None
     return model, tokenizer
+
+
+#: Weight files ``from_pretrained`` reads (a sharded checkpoint has an index file).
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+@contextlib.contextmanager
+def _quiet_loading(transformers: Any) -> Iterator[None]:
+    """No "Loading weights" progress bar from transformers on our stderr (the command shows
+    its own stages)."""
+    hf_logging = getattr(getattr(transformers, "utils", None), "logging", None)
+    if hf_logging is None or not hasattr(hf_logging, "disable_progress_bar"):
+        yield
+        return
+    was_disabled = hf_logging.is_progress_bar_enabled() is False
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            hf_logging.enable_progress_bar()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def import_transformers() -> Any:
+    """``transformers``, or an ``ImportError`` that names the extra to install."""
+    try:
+        import transformers
+    except ImportError as err:
+        raise ImportError(f"Hugging Face model folders need transformers ({err}): "
+                          "pip install 'qm-export[hf]'") from None
+    return transformers
+
+
+def _memory_checked(make: Any, config: Any, family: str, dtype: torch.dtype, default_batch: int) -> Any:
+    """``make(b, s, seed)`` that first refuses a batch whose forward cannot fit in memory
+    (:mod:`qm_export.memory`), from the model config's width, heads and MLP size."""
+    from ...memory import check_batch_fits, forward_row_bytes
+
+    def first(*names: str, default: int = 0) -> int:
+        for name in names:
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return default
+
+    width = first("hidden_size", "n_embd", default=768)
+    heads = first("num_attention_heads", "n_head", default=12)
+    mlp = first("intermediate_size", "n_inner", default=4 * width)
+    cache: dict[int | None, int] = {}
+
+    def checked(b: int | None, s: int | None, sd: int) -> tuple[torch.Tensor, ...]:
+        eff = default_batch if b is None else b
+        if eff > 1:
+            if s not in cache:
+                row = make(1, s, sd)
+                if family == "vit":
+                    tokens = (int(config.image_size) // int(config.patch_size)) ** 2 + 1
+                else:
+                    tokens = int(row[0].shape[1])
+                input_bytes = sum(t.numel() * t.element_size() for t in row)
+                cache[s] = forward_row_bytes(input_bytes, tokens, width, heads, mlp, torch.finfo(dtype).bits // 8)
+            check_batch_fits("--batch", eff, cache[s])
+        return make(b, s, sd)
+
+    return checked
 
 
 def default_schedule(num_layers: int) -> dict[int, float]:
@@ -179,8 +265,11 @@ def load_hf_source(
         options: dict[str, Any] = {}
         if prior is not None:
             from ...priors.io import read_prior_metadata
+            from ...priors.signature import check_prior_source
 
-            layer = read_prior_metadata(prior).get("layer")
+            meta = read_prior_metadata(prior)
+            check_prior_source(prior, meta, model)
+            layer = meta.get("layer")
             if not isinstance(layer, int):
                 raise ValueError(f"prior {str(prior)!r} does not say which merge layer it was fitted for (metadata 'layer')")
             options["prior"] = {layer: prior}
@@ -221,6 +310,7 @@ def load_hf_source(
         dynamic = {name: {0: dim_batch, 1: dim_seq} for name in input_names}
         profile_dims = {"min": (1, 4), "opt": (batch, seq_len), "max": (max(batch, 8), max_pos)}
         module_cls = TextExport
+    make = _memory_checked(make, base.config, family.name, dtype, batch)
     example = make(None, None, seed)
     trace = example if batch >= 2 else make(2, None, seed)
     with torch.no_grad():
@@ -253,6 +343,7 @@ def load_hf_source(
         with torch.no_grad(), recording(patch) as rec:
             model(**dict(zip(input_names, inputs)))
         after = {layer: int(info["mask"].shape[1]) for layer, info in rec.merges}  # P + K
+        n = after.get(EMBED, n)  # an embed merge: layer 0 already runs on the merged tokens
         counts = []
         for i in range(num_layers):
             counts.append(n)

@@ -55,8 +55,9 @@ def test_recipes_are_found_through_the_installed_package_data(tmp_path):
     if shutil.which("pip") is None and not (Path(sys.executable).parent / "pip").exists():
         pytest.skip("pip is not available to build a wheel")
     src = tmp_path / "src"  # build from a copy: setuptools writes build/ next to the sources
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache"))
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(  # no virtual environment: GBs to copy for nothing
+        ".git", ".venv", "venv", ".tox", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache",
+        "*.onnx", "*.onnx.data", "*.engine"))
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
         capture_output=True, text=True, timeout=300,

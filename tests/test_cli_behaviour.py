@@ -495,7 +495,7 @@ def test_a_failure_found_exits_1_with_one_failed_line(onnx_files, tmp_path, monk
 # (command line; the library call that gets the Ctrl-C)
 INTERRUPT_POINTS = [
     (["models"], "qm_export.recipes.list_recipes"),
-    (["check", "{static}"], "qm_export.export.trt_check.check_onnx_file"),
+    (["check", "{static}"], "qm_export.trt.check.checker.check_onnx_file"),
     (["build", "{static}", "-o", "{tmp}/m.engine"], "qm_export.trt.builder.build_engine"),
     (["convert", "vit-tiny", "-o", "{tmp}/x.onnx"], "qm_export.export.convert.run_convert"),
     (["fit-prior", "encoder-tiny", "-o", "{tmp}/p.safetensors"], "qm_export.priors.job.open_prior_source"),

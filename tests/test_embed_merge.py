@@ -23,7 +23,7 @@ from qm_export.backends.onnxruntime import OrtRunner
 from qm_export.backends.reference import ReferenceRunner
 from qm_export.cli import main
 from qm_export.export.provenance import Provenance, schedule_spelling
-from qm_export.export.trt_check import check_onnx_file
+from qm_export.trt.check.checker import check_onnx_file
 from qm_export.export.verify import verify_export
 from qm_export.merge import QuickMergeConfig, quickmerge
 from qm_export.merge.tome_export import tome_merge

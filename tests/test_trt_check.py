@@ -10,8 +10,8 @@ from onnx import TensorProto as TP
 from onnx import helper as h
 from onnx import numpy_helper
 
-from qm_export.export.trt_check import check_model
-from qm_export.export.trt_findings import CheckReport
+from qm_export.trt.check.checker import check_model
+from qm_export.trt.check.findings import CheckReport
 from qm_export.trt.versions import parse_trt_version
 
 from trt_onnx_graphs import export_like_model, make_model, qm_node, single_op_model, token_unmerge_function
@@ -403,7 +403,7 @@ def test_opset_range(opset: int, version: str, warn: bool) -> None:
 
 
 def test_external_data(tmp_path) -> None:
-    from qm_export.export.trt_check import check_onnx_file
+    from qm_export.trt.check.checker import check_onnx_file
 
     path = tmp_path / "m.onnx"
     onnx.save(
@@ -422,7 +422,7 @@ def test_external_data(tmp_path) -> None:
 
 
 def test_load_errors(tmp_path) -> None:
-    from qm_export.export.trt_check import load_onnx
+    from qm_export.trt.check.checker import load_onnx
 
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         load_onnx(tmp_path / "missing.onnx")

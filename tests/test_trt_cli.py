@@ -119,7 +119,7 @@ def test_build_cli_without_tensorrt(files: dict[str, Path], monkeypatch: pytest.
 
 def test_cli_imports_no_tensorrt_or_triton() -> None:
     code = (
-        "import sys, qm_export.cli, qm_export.trt, qm_export.export.trt_check, qm_export.cli.build;"
+        "import sys, qm_export.cli, qm_export.trt, qm_export.trt.check.checker, qm_export.cli.build;"
         "from click.testing import CliRunner; CliRunner().invoke(qm_export.cli.main, ['--help']);"
         "bad = [m for m in ('tensorrt', 'triton', 'qm_export_plugins') if m in sys.modules];"
         "sys.exit(1 if bad else 0)"

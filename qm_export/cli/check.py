@@ -40,7 +40,7 @@ def check(model: Path, trt_version: TrtVersion, as_json: bool) -> None:
     will fail (error) or degrade (warning), with a fix. Exits 0 when there is no error, 1 when
     there is one, 2 for a missing or unreadable MODEL.
     """
-    from ..export.trt_check import check_onnx_file
+    from ..trt.check.checker import check_onnx_file
 
     try:
         report = check_onnx_file(model, trt_version)
@@ -48,7 +48,7 @@ def check(model: Path, trt_version: TrtVersion, as_json: bool) -> None:
         raise click.BadParameter(str(exc), param_hint="MODEL") from exc
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="MODEL") from exc
-    from ..export.trt_report import render_report
+    from ..trt.check.report import render_report
 
     err = console(stderr=True)
     if not err.is_terminal:  # wide enough off a terminal (pipes, CliRunner) that messages are not chopped

@@ -151,7 +151,7 @@ def run_pipeline(options: RunOptions, progress: Progress | None = None) -> RunRe
         ValueError: a bad folder, source or schedule (before anything is written).
     """
     from ..export.files import user_mode
-    from ..export.trt_check import check_onnx_file
+    from ..trt.check.checker import check_onnx_file
     from ..profile.core import profile_models
     from ..profile.plot import plot_report
     from ..validate.run import ValidateOptions, validate_model

@@ -97,7 +97,7 @@ def _parse(trt: Any, network: Any, logger: Any, prepared: PreparedBuild, version
         node = err.node_name() if hasattr(err, "node_name") else ""
         op = err.node_operator() if hasattr(err, "node_operator") else ""
         lines.append(f"  - {err.desc()}" + (f" (node {node!r}, op {op})" if node or op else ""))
-    from qm_export.export.trt_check import check_model
+    from .check.checker import check_model
 
     report = check_model(prepared.model, version, name=str(prepared.request.onnx_path))
     hints = [

@@ -76,7 +76,7 @@ def prepare_build(request: BuildRequest) -> PreparedBuild:
     """Validate ``request`` without TensorRT. Raises ``FileNotFoundError``/``FileExistsError``
     for paths and ``ValueError`` (naming argument and value) for everything else."""
     from qm_export.export.graph_walk import qm_plugins_used
-    from qm_export.export.trt_check import load_onnx
+    from .check.checker import load_onnx
 
     if request.precision is not None and request.precision not in PRECISIONS:
         raise ValueError(f"--precision {request.precision!r} is not one of {', '.join(PRECISIONS)}")

@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .trt_findings import CheckReport
+from .findings import CheckReport
 
 __all__ = ["render_report"]
 

@@ -1,6 +1,6 @@
 """Per-node rules of the TensorRT ONNX parser (standard ops). Each rule takes a
 :class:`NodeContext` and yields :class:`Finding` s; :data:`NODE_RULES` lists them in order.
-The plugin rules for ``qm`` nodes live in :mod:`qm_export.export.trt_plugin_rules`."""
+The plugin rules for ``qm`` nodes live in :mod:`qm_export.trt.check.plugin_rules`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Callable, Iterator, Mapping
 
 import onnx
 
-from qm_export.trt.versions import TrtVersion
+from ..versions import TrtVersion
 
-from .graph_walk import NodeSite, function_key
-from .qm_contract import is_qm_plugin_node
-from .trt_consts import ConstantResolver
-from .trt_findings import Finding
-from .trt_ops import DOCUMENTED_TYPES, DTYPE_NAMES, is_documented_unsupported, is_supported_op, op_added_in
+from ...export.graph_walk import NodeSite, function_key
+from ...export.qm_contract import is_qm_plugin_node
+from .consts import ConstantResolver
+from .findings import Finding
+from .ops import DOCUMENTED_TYPES, DTYPE_NAMES, is_documented_unsupported, is_supported_op, op_added_in
 
 __all__ = ["NodeContext", "NODE_RULES", "TOPK_MAX_K"]
 

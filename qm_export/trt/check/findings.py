@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from qm_export.trt.versions import TrtVersion
+from ..versions import TrtVersion
 
 __all__ = ["SEVERITIES", "Finding", "CheckReport", "REPORT_SCHEMA"]
 

@@ -7,11 +7,11 @@ from typing import Iterator
 
 import onnx
 
-from qm_export.trt.versions import has_aot_plugins, has_python_plugins, prefers_plugin_over_function
+from ..versions import has_aot_plugins, has_python_plugins, prefers_plugin_over_function
 
-from .qm_contract import QM_DOMAIN, QM_NODE_ATTRS, QM_OPS, QM_PLUGIN_VERSION
-from .trt_findings import Finding
-from .trt_rules import NodeContext
+from ...export.qm_contract import QM_DOMAIN, QM_NODE_ATTRS, QM_OPS, QM_PLUGIN_VERSION
+from .findings import Finding
+from .node_rules import NodeContext
 
 __all__ = ["rule_plugin_contract", "plugin_fate", "PLUGIN_FIX"]
 

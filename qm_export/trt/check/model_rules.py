@@ -8,11 +8,11 @@ from typing import Iterable
 
 import onnx
 
-from qm_export.trt.versions import TrtVersion, max_onnx_opset
+from ..versions import TrtVersion, max_onnx_opset
 
-from .graph_walk import function_key
-from .trt_findings import Finding
-from .trt_ops import DTYPE_NAMES, dtype_verdict
+from ...export.graph_walk import function_key
+from .findings import Finding
+from .ops import DTYPE_NAMES, dtype_verdict
 
 __all__ = ["opset_findings", "infer_types", "dtype_findings", "external_data_findings", "MIN_OPSET"]
 

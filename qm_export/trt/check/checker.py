@@ -1,7 +1,7 @@
 """``qm-export check``: will this ONNX build with TensorRT, and where will it degrade?
 
 Walks the model graph, nested subgraphs and model-local functions, applying the rules of
-the TensorRT ONNX parser of a given version (:mod:`trt_rules`, :mod:`trt_plugin_rules`) and
+the TensorRT ONNX parser of a given version (:mod:`.node_rules`, :mod:`.plugin_rules`) and
 model-level rules (opset range, data types, external data). No GPU or TensorRT needed.
 
 Findings inside a local function that the parser will not parse (the qm plugin replaces
@@ -16,15 +16,15 @@ from typing import Iterator
 
 import onnx
 
-from qm_export.trt.versions import DEFAULT_CHECK_VERSION, TrtVersion, max_onnx_opset
+from ..versions import DEFAULT_CHECK_VERSION, TrtVersion, max_onnx_opset
 
-from .graph_walk import NodeSite, function_key, iter_nodes, node_label
-from .qm_contract import QM_OPS, is_qm_plugin_node
-from .trt_consts import ConstantResolver
-from .trt_findings import CheckReport, Finding
-from .trt_model_rules import dtype_findings, external_data_findings, infer_types, opset_findings
-from .trt_plugin_rules import plugin_fate, rule_plugin_contract
-from .trt_rules import NODE_RULES, NodeContext
+from ...export.graph_walk import NodeSite, function_key, iter_nodes, node_label
+from ...export.qm_contract import QM_OPS, is_qm_plugin_node
+from .consts import ConstantResolver
+from .findings import CheckReport, Finding
+from .model_rules import dtype_findings, external_data_findings, infer_types, opset_findings
+from .plugin_rules import plugin_fate, rule_plugin_contract
+from .node_rules import NODE_RULES, NodeContext
 
 __all__ = ["check_model", "check_onnx_file", "load_onnx"]
 

@@ -7,7 +7,7 @@ NVIDIA/TensorRT ``CHANGELOG.md`` (11.0, 11.1).
 
 from __future__ import annotations
 
-from qm_export.trt.versions import TrtVersion
+from ..versions import TrtVersion
 
 __all__ = [
     "supported_ops",

@@ -129,6 +129,15 @@ BROKEN = [
     (["run", "vit-tiny", "-o", "{dir}/r", "--merge", "1:1.0"], "--merge"),
     (["run", "vit-tiny", "-o", "{dir}/r", "--merge", "1:16"], "'1:16'"),
     (["run", "vit-tiny", "-o", "{nodir}/r"], "-o"),
+    # serve-repo
+    (["serve-repo", "{missing}", "-o", "{dir}/r"], "missing.onnx"),
+    (["serve-repo", "{garbage}", "-o", "{dir}/r"], "garbage.onnx"),
+    (["serve-repo", "{static}", "-o", "{dir}/r"], "--max-batch-size 0"),
+    (["serve-repo", "{static}", "-o", "{nodir}/r", "--max-batch-size", "0"], "-o"),
+    (["serve-repo", "{static}", "-o", "{dir}", "--max-batch-size", "0"], "--force"),
+    (["serve-repo", "{static}", "{static}", "-o", "{dir}/r", "--name", "x"], "--name"),
+    (["serve-repo", "{static}", "-o", "{dir}/r", "--preferred-batch", "4,x"], "--preferred-batch"),
+    (["serve-repo", "{static}", "-o", "{dir}/r", "--python-backend", "--gpu-accelerator", "cuda"], "--gpu-accelerator"),
     # no such command
     (["nosuch"], "nosuch"),
 ]

@@ -24,6 +24,7 @@ from .fit_prior import fit_prior
 from .models import models
 from .profile import profile
 from .run import run
+from .serve_repo import serve_repo
 from .sweep import sweep
 from .validate import validate
 
@@ -111,5 +112,6 @@ main.add_command(profile)
 main.add_command(validate)
 main.add_command(sweep)
 main.add_command(run)
+main.add_command(serve_repo)
 
 __all__ = ["main"]

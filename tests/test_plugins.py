@@ -161,34 +161,43 @@ def test_cuda_array_interface_describes_bf16_as_int16():
 #: L40S), Hopper (H100/H200), Blackwell (B200, RTX 50).
 AOT_TARGETS = (75, 80, 86, 89, 90, 100, 120)
 
+#: Drivers the AOT PTX must load on: CUDA 12.4 (R550, below Triton 3.8's default PTX 8.8)
+#: and CUDA 13.0 (above it for cc < 100).
+AOT_DRIVERS = (12040, 13000)
+
 _AOT_SCRIPT = textwrap.dedent(
     """
     import json, os, re, subprocess, sys, tempfile
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+    from triton.backends.nvidia.compiler import get_ptxas
     import qm_export_plugins as qp
-    from qm_export_plugins.aot import compile_kernel
+    from qm_export_plugins.aot import compile_kernel, triton_ptx_version
+    from qm_export_plugins.ptx import capped_ptx_version, driver_ptx_version, ptx_directives, ptx_version_text
     shapes = {"TokenGroupIndex": [(4, 197), (4, 66)],
               "TokenMerge": [(4, 197, 768), (4, 197), (4, 197), (4, 67)],
               "TokenUnmerge": [(4, 66, 768), (4, 197)]}
+    targets, drivers = json.loads(sys.argv[1]), json.loads(sys.argv[2])
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for cc in json.loads(sys.argv[1]):
-            for op, s in shapes.items():
-                for combo in qp.expand_type_combinations(qp.AUTOTUNE_TYPES[op]):
-                    ck = compile_kernel(op, combo, s, target=GPUTarget("cuda", cc, 32))
-                    entry = re.search(r"\\.entry\\s+(\\w+)\\(([^)]*)\\)", ck.ptx)
-                    params = re.findall(r"\\.param \\.(\\w+)", entry.group(2))
-                    target = re.search(r"\\.target\\s+(\\w+)", ck.ptx).group(1)
-                    # The trimmed PTX must still assemble: ptxas for the same target.
-                    src = os.path.join(tmp, "k.ptx")
-                    with open(src, "w") as f:
-                        f.write(ck.ptx)
-                    asm = subprocess.run([get_ptxas(cc).path, f"--gpu-name={sm_arch_from_capability(cc)}",
-                                          src, "-o", src + ".o"], capture_output=True, text=True)
-                    out.append({"cc": cc, "op": op, "combo": combo, "name": ck.name, "entry": entry.group(1),
-                                "params": params, "target": target, "block_x": ck.block_x,
-                                "ptxas": asm.returncode, "ptxas_err": asm.stderr[-500:]})
+        for cc in targets:
+            for driver in drivers:
+                ptx_version = capped_ptx_version(triton_ptx_version(cc), driver_ptx_version(driver), cc)
+                for op, s in shapes.items():
+                    for combo in qp.expand_type_combinations(qp.AUTOTUNE_TYPES[op]):
+                        ck = compile_kernel(op, combo, s, target=GPUTarget("cuda", cc, 32), ptx_version=ptx_version)
+                        entry = re.search(r"\\.entry\\s+(\\w+)\\(([^)]*)\\)", ck.ptx)
+                        params = re.findall(r"\\.param \\.(\\w+)", entry.group(2))
+                        version, target = ptx_directives(ck.ptx)
+                        # The trimmed PTX must assemble for the PLAIN architecture (sm_90, not sm_90a).
+                        src = os.path.join(tmp, "k.ptx")
+                        with open(src, "w") as f:
+                            f.write(ck.ptx)
+                        asm = subprocess.run([get_ptxas(cc).path, f"--gpu-name=sm_{cc}", src, "-o", src + ".o"],
+                                             capture_output=True, text=True)
+                        out.append({"cc": cc, "driver": driver, "op": op, "combo": combo, "name": ck.name,
+                                    "entry": entry.group(1), "params": params, "target": target,
+                                    "version": version, "expected_version": ptx_version_text(ptx_version),
+                                    "block_x": ck.block_x, "ptxas": asm.returncode, "ptxas_err": asm.stderr[-500:]})
     print(json.dumps(out))
     """
 )
@@ -197,10 +206,13 @@ _AOT_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(not HAS_TRITON, reason="AOT compilation needs triton")
 def test_aot_compilation_for_every_gpu_generation_without_a_gpu():
     # A subprocess: triton must be imported without TRITON_INTERPRET, which the kernel tests set.
-    # Triton ships ptxas, so PTX is generated and assembled for each target with no GPU present.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # Triton ships ptxas, so PTX is generated and assembled for each target with no GPU present,
+    # and with no host C compiler: PATH holds only the interpreter's folder and CC is unset
+    # (an explicit target never starts Triton's driver layer, the part that compiles C).
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "CC")}
+    env["PATH"] = os.path.dirname(sys.executable)
     proc = subprocess.run(
-        [sys.executable, "-c", _AOT_SCRIPT, json.dumps(AOT_TARGETS)],
+        [sys.executable, "-c", _AOT_SCRIPT, json.dumps(AOT_TARGETS), json.dumps(AOT_DRIVERS)],
         env=env,
         capture_output=True,
         text=True,
@@ -208,16 +220,20 @@ def test_aot_compilation_for_every_gpu_generation_without_a_gpu():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(results) == (2 + 3 + 3) * len(AOT_TARGETS)
+    assert len(results) == (2 + 3 + 3) * len(AOT_TARGETS) * len(AOT_DRIVERS)
     n_io_scalars = {"TokenGroupIndex": (2, 2, 2), "TokenMerge": (4, 3, 1), "TokenUnmerge": (2, 3, 1)}
     for r in results:
         n_in, n_scalar, n_out = n_io_scalars[r["op"]]
         assert r["name"] == r["entry"] == specs.KERNEL_NAMES[r["op"]]
-        assert r["target"] in (f"sm_{r['cc']}", f"sm_{r['cc']}a"), r
+        assert r["target"] == f"sm_{r['cc']}", r  # plain, never Triton's sm_90a
+        assert r["version"] == r["expected_version"], r  # the capped PTX version, stamped
         # Exactly what TensorRT passes: Triton's two hidden scratch pointers are trimmed away.
         assert r["params"] == ["u64"] * n_in + ["u32"] * n_scalar + ["u64"] * n_out, r
         assert r["ptxas"] == 0, r
         assert r["block_x"] % 32 == 0 and r["block_x"] >= 32
+    versions = {(r["cc"], r["driver"]): r["version"] for r in results}
+    assert versions[(90, 12040)] == "8.4" and versions[(90, 13000)] == "8.8"  # capped / Triton's own
+    assert versions[(100, 12040)] == "8.6"  # never below what sm_100a needs
 
 
 _PTX = """.version 8.8

@@ -301,25 +301,49 @@ NO_NS = {"plugin_version": "1"}
         (None, True, "10.9", None),
         (None, True, "10.15", None),
         (None, True, "11.4", None),
-        (NO_NS, True, "10.9", "plugin-inlined"),  # namespace '' before the domain fallback
-        (NO_NS, True, "10.13", None),  # domain 'qm' used as namespace
+        (NO_NS, True, "10.9", "plugin-inlined"),  # isNodeInPluginRegistry looks in namespace ''
+        (NO_NS, True, "10.13", "plugin-inlined"),  # ... on 10.10-10.14 too: the domain is not read there
+        (NO_NS, True, "10.14", "plugin-inlined"),
         (NO_NS, True, "10.15", "plugin-inlined"),  # 10.15+: only with plugin_namespace
+        (None, True, "10.14", "plugin-broken-trt"),  # the plugin is chosen, and 10.14 breaks Python plugins
+        (None, False, "10.14", "plugin-broken-trt"),
         (None, False, "10.5", "plugin-unavailable"),
         (None, False, "10.8", "plugin-jit-only"),
         (None, False, "10.13", None),
         (NO_NS, False, "10.9", "plugin-unavailable"),
-        (NO_NS, False, "10.10", None),
+        (NO_NS, False, "10.10", None),  # no local function: the fallback importer takes the domain (10.10+)
+        (NO_NS, False, "10.13", None),
     ],
 )
 def test_plugin_or_function_per_version(attrs, functions: bool, version: str, expected: str | None) -> None:
     report = run(_unmerge(attrs, functions=functions), version)
-    fate_rules = rules(report) & {"plugin-inlined", "plugin-jit-only", "plugin-unavailable"}
+    fate_rules = rules(report) & {"plugin-inlined", "plugin-jit-only", "plugin-unavailable", "plugin-broken-trt"}
     assert fate_rules == ({expected} if expected else set())
-    severities = {"plugin-inlined": "warning", "plugin-jit-only": "warning", "plugin-unavailable": "error"}
+    severities = {"plugin-inlined": "warning", "plugin-jit-only": "warning", "plugin-unavailable": "error",
+                  "plugin-broken-trt": "error"}
     if expected:
         assert only(report, expected).severity == severities[expected]
     else:
         assert "plugin-summary" in rules(report)
+    if expected == "plugin-broken-trt":
+        assert "known bug that breaks Python plugins" in only(report, expected).message
+
+
+@pytest.mark.parametrize("attrs,expected", [(None, None), (NO_NS, "plugin-inlined")])
+def test_the_parser_finds_a_local_function_by_name_only(attrs, expected) -> None:
+    # The parser keys local functions by name: a TokenUnmerge function in another domain is
+    # still the one inlined for a qm node without plugin_namespace (TensorRT 10.13).
+    model = _unmerge(attrs)
+    model.functions[0].domain = "elsewhere"
+    model.opset_import.append(h.make_opsetid("elsewhere", 1))
+    fate_rules = rules(run(model)) & {"plugin-inlined", "plugin-unavailable"}
+    assert fate_rules == ({expected} if expected else set())
+
+
+def test_plugin_summary_says_how_to_register_and_prefer_aot() -> None:
+    fix = only(run(_unmerge()), "plugin-summary").fix
+    assert "register_plugins()" in fix and "PREFER_AOT_PYTHON_PLUGINS" in fix and "jit=False" in fix
+    assert "has both AOT and JIT implementations" in fix
 
 
 def _unmerge_with_bad_body() -> onnx.ModelProto:

@@ -47,6 +47,7 @@ CHECK_CASES = [
     (["{clean}"], 0, ["no errors", "plugin-summary", "TensorRT 10.13"]),
     (["{clean}", "--trt-version", "10.6"], 0, ["plugin-inlined", "TensorRT 10.6", "warning"]),
     (["{clean}", "--trt-version", "11.4.0.106"], 0, ["no errors", "TensorRT 11.4.0.106"]),
+    (["{clean}", "--trt-version", "10.14"], 1, ["plugin-broken-trt", "FAILED: 3 error(s)"]),
     (["{bigk}"], 1, ["topk-k-limit", "K=4000", "1 error(s)"]),
     (["{dir}/missing.onnx"], 2, ["does not exist"]),
     (["{garbage}"], 2, ["not an ONNX model"]),

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from qm_export.trt.versions import (
     TrtVersion,
+    build_version_problem,
     combine_flags,
     device_memory_bytes,
     has_aot_plugins,
@@ -20,7 +21,9 @@ from qm_export.trt.versions import (
     max_onnx_opset,
     missing_flags,
     parse_trt_version,
+    plugin_version_problem,
     prefers_plugin_over_function,
+    python_plugins_broken,
 )
 
 
@@ -82,23 +85,38 @@ def test_feature_branches(version: str, python: bool, aot: bool, weak: bool, str
 
 
 @pytest.mark.parametrize(
-    "version,has_ns,domain_is_ns,expected",
+    "version,has_ns,expected",
     [
-        ("10.6", True, True, False),  # before 10.7: the local function always wins
-        ("10.7", True, True, True),
-        ("10.7", False, True, False),  # no namespace and no domain fallback yet
-        ("10.9", False, True, False),
-        ("10.10", False, True, True),  # 10.10: namespace falls back to the domain
-        ("10.10", False, False, False),
-        ("10.14", False, True, True),
-        ("10.15", False, True, False),  # 10.15: only with plugin_namespace
-        ("10.15", True, True, True),
-        ("11.4", False, True, False),
-        ("11.4", True, False, True),
+        ("10.6", True, False),  # before 10.7: the local function always wins
+        ("10.7", True, True),
+        ("10.7", False, False),  # isNodeInPluginRegistry looks in namespace ''
+        ("10.9", False, False),
+        ("10.10", False, False),  # the 10.10 domain fallback is the fallback importer's, not this lookup's
+        ("10.13", False, False),
+        ("10.14", False, False),
+        ("10.14", True, True),
+        ("10.15", False, False),  # 10.15: only with plugin_namespace
+        ("10.15", True, True),
+        ("11.4", False, False),
+        ("11.4", True, True),
     ],
 )
-def test_plugin_over_function(version: str, has_ns: bool, domain_is_ns: bool, expected: bool) -> None:
-    assert prefers_plugin_over_function(parse_trt_version(version), has_ns, domain_is_ns) is expected
+def test_plugin_over_function(version: str, has_ns: bool, expected: bool) -> None:
+    assert prefers_plugin_over_function(parse_trt_version(version), has_ns) is expected
+
+
+@pytest.mark.parametrize(
+    "version,broken",
+    [("10.13.3.9", False), ("10.14", True), ("10.14.1.48", True), ("10.15", False), ("11.0", False), ("10.9", False)],
+)
+def test_trt_10_14_python_plugins_are_refused(version: str, broken: bool) -> None:
+    v = parse_trt_version(version)
+    assert python_plugins_broken(v) is broken
+    problem = plugin_version_problem(v)
+    assert (problem is not None) is broken
+    if broken:
+        assert "known bug that breaks Python plugins" in problem and "10.15+ works" in problem
+    assert build_version_problem(v) is None  # 10.14 is refused for qm plugins only, not for plain models
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
 """``qm-export build``: ONNX -> TensorRT engine with the qm plugins (TensorRT imported lazily).
 
 The steps: validate the request (:func:`prepare_build`, no TensorRT), import TensorRT and
-check its version, register the qm plugins, parse, configure (profile, precision, TF32 off,
-workspace, timing cache), build, and write the engine and its JSON sidecar atomically.
+check its version, check the machine (:mod:`.host`: a CUDA device, the AOT kernel target),
+register the qm plugins, parse, configure (profile, precision, TF32 off, workspace, timing
+cache), build, and write the engine and its JSON sidecar atomically, then the timing cache.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from .prepare import (
     prepare_build,
     required_network_flags,
 )
+from .host import aot_kernel_target, check_cuda_device, create_builder, one_line
 from .sidecar import cuda_environment, make_sidecar
+from .timing_cache import attach_timing_cache, timing_cache_bytes
 from .versions import (
     TrtVersion,
     build_version_problem,
@@ -36,6 +39,7 @@ from .versions import (
     device_memory_bytes,
     installed_version,
     missing_flags,
+    plugin_version_problem,
 )
 
 __all__ = ["BuildResult", "build_engine", "count_plugin_layers", "import_tensorrt", "register_qm_plugins",
@@ -82,9 +86,11 @@ def register_qm_plugins() -> None:
             "qm_export_plugins has no register_plugins(); this qm-export install ships no TensorRT plugins"
         )
     try:
-        register()
+        register(aot=True, jit=True)
     except ImportError as exc:  # qm_export_plugins.PluginDependencyError: triton or tensorrt.plugin missing
-        raise BuildError(f"the qm plugins cannot be registered: {exc}") from None
+        raise BuildError(f"the qm plugins cannot be registered: {one_line(exc)}") from None
+    except (RuntimeError, ValueError, TypeError) as exc:  # tensorrt.plugin refused a definition
+        raise BuildError(f"TensorRT refused the qm plugin definitions: {one_line(exc)}") from None
 
 
 def _parse(trt: Any, network: Any, logger: Any, prepared: PreparedBuild, version: TrtVersion) -> None:
@@ -117,7 +123,8 @@ def count_plugin_layers(network: Any) -> int:
     return sum("PLUGIN" in str(network.get_layer(i).type) for i in range(network.num_layers))
 
 
-def _configure(trt: Any, builder: Any, network: Any, prepared: PreparedBuild, plan: Any) -> Any:
+def _configure(trt: Any, builder: Any, network: Any, prepared: PreparedBuild, plan: Any) -> tuple[Any, list[str]]:
+    """The builder config, and the notes of the timing cache."""
     config = builder.create_builder_config()
     request = prepared.request
     if request.workspace_bytes is not None:
@@ -138,11 +145,7 @@ def _configure(trt: Any, builder: Any, network: Any, prepared: PreparedBuild, pl
         if name in network_inputs:
             profile.set_shape(name, rng.min, rng.opt, rng.max)
     config.add_optimization_profile(profile)
-    cache_path = request.timing_cache
-    cache_bytes = Path(cache_path).read_bytes() if cache_path is not None and Path(cache_path).is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    return config
+    return config, attach_timing_cache(config, request.timing_cache)
 
 
 def _io_tensors(trt: Any, engine: Any) -> list[dict[str, Any]]:
@@ -165,6 +168,12 @@ def build_engine(request: BuildRequest, stage: Stage | None = None) -> BuildResu
     say = stage or (lambda _msg: None)
     prepared = prepare_build(request)
     trt, version = import_tensorrt()
+    broken = plugin_version_problem(version) if prepared.plugins else None
+    if broken:
+        raise BuildError(f"{broken}; the model uses qm plugins ({', '.join(prepared.plugins)})")
+    say("checking the CUDA device")
+    device = check_cuda_device()
+    kernels = aot_kernel_target() if prepared.plugins else None
     plan = plan_precision(version, request.precision, prepared.onnx_precision)
     flags = required_network_flags(plan.network_flags, bool(prepared.plugins))
     absent = missing_flags(trt.NetworkDefinitionCreationFlag, flags)
@@ -174,7 +183,7 @@ def build_engine(request: BuildRequest, stage: Stage | None = None) -> BuildResu
         say(f"registering qm plugins ({', '.join(prepared.plugins)})")
         register_qm_plugins()
     logger = trt.Logger(trt.Logger.VERBOSE if request.verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    builder = create_builder(trt, logger)
     network = builder.create_network(combine_flags(trt.NetworkDefinitionCreationFlag, flags))
     say(f"parsing {request.onnx_path}")
     _parse(trt, network, logger, prepared, version)
@@ -186,7 +195,9 @@ def build_engine(request: BuildRequest, stage: Stage | None = None) -> BuildResu
             f"the engine is correct but slower; `qm-export check {request.onnx_path} --trt-version {version}` says why"
         )
         say(inlined_note)
-    config = _configure(trt, builder, network, prepared, plan)
+    config, cache_notes = _configure(trt, builder, network, prepared, plan)
+    for note in cache_notes:
+        say(note)
     say(f"building {plan.precision} engine with TensorRT {version} (this takes a while)")
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -197,6 +208,10 @@ def build_engine(request: BuildRequest, stage: Stage | None = None) -> BuildResu
     engine = trt.Runtime(logger).deserialize_cuda_engine(data)
     if engine is None:
         raise BuildError("TensorRT built an engine it cannot deserialize; rerun with --verbose")
+    cache_data, cache_note = timing_cache_bytes(config) if request.timing_cache is not None else (None, None)
+    if cache_note:
+        say(cache_note)
+    notes = [n for n in (inlined_note, *cache_notes, cache_note) if n]
     say(f"writing {request.engine_path.name} and its sidecar")
 
     def sidecar_of(engine_sha256: str) -> dict[str, Any]:
@@ -219,13 +234,18 @@ def build_engine(request: BuildRequest, stage: Stage | None = None) -> BuildResu
             io_tensors=_io_tensors(trt, engine),
         )
         sidecar["plugins"]["plugin_layers"] = plugin_layers
-        if inlined_note:
-            sidecar["notes"].append(inlined_note)
+        sidecar["cuda"]["driver_version"] = device["driver_cuda"]
+        if kernels is not None:
+            sidecar["plugins"]["kernels"] = kernels
+        sidecar["notes"].extend(notes)
         return sidecar
 
     sidecar = write_build_outputs(request.engine_path, data, prepared.sidecar_path, sidecar_of, force=request.force)
-    if request.timing_cache is not None:
-        atomic_write_bytes(Path(request.timing_cache), memoryview(config.get_timing_cache().serialize()).tobytes())
+    if cache_data is not None and request.timing_cache is not None:
+        try:
+            atomic_write_bytes(Path(request.timing_cache), cache_data)
+        except OSError as exc:  # the engine and its sidecar are written; say so and keep them
+            say(f"warning: the timing cache {str(request.timing_cache)!r} was not written ({one_line(exc)})")
     return BuildResult(request.engine_path, prepared.sidecar_path, sidecar)
 
 

@@ -29,7 +29,7 @@ __all__ = [
 
 INSTALL_HINT = (
     "qm-export build needs TensorRT >= 10.9 and a CUDA GPU. Install it with "
-    "pip install 'qm-export[trt]' (or pip install 'tensorrt>=10.9'), on a machine with an NVIDIA driver."
+    "pip install 'qm-export[trt]' (or pip install 'tensorrt>=10.9,!=10.14.*'), on a machine with an NVIDIA driver."
 )
 
 

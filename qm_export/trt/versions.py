@@ -18,6 +18,9 @@ __all__ = [
     "DEFAULT_CHECK_VERSION",
     "MIN_BUILD_VERSION",
     "build_version_problem",
+    "plugin_version_problem",
+    "python_plugins_broken",
+    "BROKEN_PLUGINS_MESSAGE",
     "has_python_plugins",
     "has_aot_plugins",
     "prefers_plugin_over_function",
@@ -97,6 +100,25 @@ def build_version_problem(v: TrtVersion) -> str | None:
     return None
 
 
+#: Why qm-export refuses TensorRT 10.14.x for models with qm nodes.
+BROKEN_PLUGINS_MESSAGE = (
+    "TensorRT 10.14 has a known bug that breaks Python plugins (Torch-TensorRT disables them on 10.14); "
+    "10.15+ works"
+)
+
+
+def python_plugins_broken(v: TrtVersion) -> bool:
+    """Whether TensorRT ``v`` is a release whose Python plugins are known broken: 10.14.x."""
+    return (v.major, v.minor) == (10, 14)
+
+
+def plugin_version_problem(v: TrtVersion) -> str | None:
+    """Why ``qm-export build`` cannot build a model with qm plugins on TensorRT ``v``, or ``None``."""
+    if python_plugins_broken(v):
+        return f"TensorRT {v}: {BROKEN_PLUGINS_MESSAGE}"
+    return None
+
+
 def has_python_plugins(v: TrtVersion) -> bool:
     """``tensorrt.plugin`` and the parser's support for Python (QDP) plugins: 10.6+."""
     return v.at_least(10, 6)
@@ -108,29 +130,25 @@ def has_aot_plugins(v: TrtVersion) -> bool:
 
 
 def plugin_namespace_from_domain(v: TrtVersion) -> bool:
-    """Whether the parser falls back to the node's domain when ``plugin_namespace`` is absent: 10.10+."""
+    """Whether the parser's fallback plugin importer (a node with no importer and no local
+    function of its name) takes the node's domain when ``plugin_namespace`` is absent: 10.10+."""
     return v.at_least(10, 10)
 
 
-def prefers_plugin_over_function(v: TrtVersion, has_namespace_attr: bool, domain_is_namespace: bool) -> bool:
+def prefers_plugin_over_function(v: TrtVersion, has_namespace_attr: bool) -> bool:
     """Whether the ONNX parser imports a node as its registered plugin rather than inlining
-    the model-local function of the same name.
+    the model-local function of the same name (local functions are keyed by name only).
 
     - before 10.7: never (the local function is always inlined);
-    - 10.7 to 10.14: whenever the plugin is found in the registry; the lookup uses the
-      ``plugin_namespace`` attribute, or (10.10+) the node's domain when it is absent;
+    - 10.7 to 10.14: when ``isNodeInPluginRegistry`` finds the plugin, and it reads only the
+      ``plugin_namespace`` attribute (absent: namespace ``""``, where no qm plugin lives; the
+      domain fallback of 10.10 is the fallback importer's, reached only without a function);
     - 10.15 and later: only when the node carries ``plugin_namespace`` (or the parser's
       ``ENABLE_PLUGIN_OVERRIDE`` flag is set, which qm-export does not use).
 
-    ``domain_is_namespace``: the node's domain equals the plugin namespace (``qm``).
+    So from 10.7 on: exactly when the node carries ``plugin_namespace``.
     """
-    if not v.at_least(10, 7):
-        return False
-    if v.at_least(10, 15):
-        return has_namespace_attr
-    if has_namespace_attr:
-        return True
-    return plugin_namespace_from_domain(v) and domain_is_namespace
+    return v.at_least(10, 7) and has_namespace_attr
 
 
 def is_strongly_typed_only(v: TrtVersion) -> bool:

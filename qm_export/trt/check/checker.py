@@ -162,7 +162,9 @@ def check_model(
                 "info",
                 "plugin-summary",
                 f"{listing} import as AOT qm plugins once qm_export_plugins is registered (qm-export build does this)",
-                "none needed; building elsewhere, call qm_export_plugins.register_plugins() before parsing",
+                "none needed; building elsewhere, call qm_export_plugins.register_plugins() before parsing and create "
+                "the network with PREFER_AOT_PYTHON_PLUGINS (or call register_plugins(jit=False)): with both AOT and "
+                "JIT implementations registered TensorRT otherwise raises 'has both AOT and JIT implementations'",
             )
         )
     return report

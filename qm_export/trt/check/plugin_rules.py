@@ -7,9 +7,15 @@ from typing import Iterator
 
 import onnx
 
-from ..versions import has_aot_plugins, has_python_plugins, prefers_plugin_over_function
-
 from ...export.qm_contract import QM_DOMAIN, QM_NODE_ATTRS, QM_OPS, QM_PLUGIN_VERSION
+from ..versions import (
+    BROKEN_PLUGINS_MESSAGE,
+    has_aot_plugins,
+    has_python_plugins,
+    plugin_namespace_from_domain,
+    prefers_plugin_over_function,
+    python_plugins_broken,
+)
 from .findings import Finding
 from .node_rules import NodeContext
 
@@ -46,8 +52,9 @@ def rule_plugin_contract(ctx: NodeContext) -> Iterator[Finding]:
         yield ctx.finding(
             "warning",
             "plugin-domain",
-            f"{spec.name} sits in domain {node.domain or '(default)'!r}, not 'qm'; its local function, if any, is "
-            "looked up by domain, and TensorRT 10.10+ falls back to the domain for the plugin namespace",
+            f"{spec.name} sits in domain {node.domain or '(default)'!r}, not 'qm'; ONNX looks its local function up "
+            "by domain, and TensorRT 10.10+ takes the domain as plugin namespace only for a node without "
+            "plugin_namespace and without a local function of its name",
             PLUGIN_FIX,
         )
     attrs = {a.name: a for a in node.attribute}
@@ -81,8 +88,9 @@ def _namespace(ctx: NodeContext, attr: onnx.AttributeProto | None) -> Iterator[F
         yield ctx.finding(
             "error",
             "plugin-namespace",
-            "no plugin_namespace attribute: TensorRT 10.15+ then inlines the local function instead of the plugin, "
-            "and before 10.10 finds no plugin at all",
+            "no plugin_namespace attribute: with a local function of the same name every TensorRT inlines the "
+            "function instead of the plugin (the parser looks the plugin up in namespace '' and keys local "
+            "functions by name only); without one, TensorRT before 10.10 finds no plugin at all",
             PLUGIN_FIX,
         )
     elif _string_value(attr) != QM_NODE_ATTRS["plugin_namespace"]:
@@ -121,11 +129,9 @@ def plugin_fate(ctx: NodeContext) -> tuple[str, Finding | None]:
     Assumes ``qm_export_plugins`` is registered before parsing (``qm-export build`` does it).
     """
     node, v = ctx.node, ctx.version
-    has_function = (node.domain, node.op_type) in ctx.functions
+    has_function = any(name == node.op_type for _, name in ctx.functions)  # the parser keys by name only
     has_ns = any(a.name == "plugin_namespace" for a in node.attribute)
-    if has_function and not (
-        has_python_plugins(v) and prefers_plugin_over_function(v, has_ns, node.domain == QM_DOMAIN)
-    ):
+    if has_function and not (has_python_plugins(v) and prefers_plugin_over_function(v, has_ns)):
         why = _why_inlined(ctx, has_ns)
         return "function", ctx.finding(
             "warning",
@@ -141,13 +147,20 @@ def plugin_fate(ctx: NodeContext) -> tuple[str, Finding | None]:
             f"TensorRT {v} has no Python plugins (10.6+) and the model has no local function for {node.op_type}",
             "use TensorRT >= 10.9, or export with the qm local functions (or inlined) so standard ops run instead",
         )
-    if not has_function and not has_ns and not (v.at_least(10, 10) and node.domain == QM_DOMAIN):
+    if not has_function and not has_ns and not (plugin_namespace_from_domain(v) and node.domain == QM_DOMAIN):
         return "missing", ctx.finding(
             "error",
             "plugin-unavailable",
             f"without plugin_namespace, TensorRT {v} looks for {node.op_type} in plugin namespace '' (the fallback "
             "to the node's domain 'qm' needs 10.10+), and there is no local function to inline",
             PLUGIN_FIX,
+        )
+    if python_plugins_broken(v):
+        return "plugin", ctx.finding(
+            "error",
+            "plugin-broken-trt",
+            f"{BROKEN_PLUGINS_MESSAGE}; qm-export build refuses TensorRT {v} for models with qm nodes",
+            "use TensorRT 10.13 or 10.15+",
         )
     if not has_aot_plugins(v):
         return "plugin", ctx.finding(
@@ -169,6 +182,6 @@ def _why_inlined(ctx: NodeContext, has_ns: bool) -> str:
     if v.at_least(10, 15):
         return "from 10.15 the parser prefers the plugin only when the node carries plugin_namespace"
     return (
-        "without plugin_namespace the plugin is looked up in namespace '' "
-        "(the domain fallback needs 10.10+ and domain 'qm')"
+        "without plugin_namespace the parser looks the plugin up in namespace '' (it reads only that attribute "
+        "when a local function of the same name exists; the domain fallback applies only without one)"
     )

@@ -68,6 +68,10 @@ def test_engine_matches_onnxruntime(tmp_path: Path, batch: int, n: int) -> None:
     np.testing.assert_allclose(got["out"], want_out, rtol=1e-5, atol=1e-5)
     assert result.sidecar["plugins"]["used"] == ["qm::TokenGroupIndex", "qm::TokenMerge", "qm::TokenUnmerge"]
     assert result.sidecar["plugins"]["plugin_layers"] == 3  # the plugins ran, not the inlined functions
+    kernels = result.sidecar["plugins"]["kernels"]  # what the AOT PTX was compiled for (issue 11)
+    assert kernels["target"].startswith("sm_") and not kernels["target"].endswith("a")
+    assert float(kernels["ptx_version"]) <= float(kernels["triton_ptx_version"])
+    assert result.sidecar["cuda"]["driver_version"] == kernels["driver_cuda"]
 
 
 def test_sidecar_timing_cache_and_force(tmp_path: Path) -> None:

@@ -138,6 +138,15 @@ BROKEN = [
     (["serve-repo", "{static}", "{static}", "-o", "{dir}/r", "--name", "x"], "--name"),
     (["serve-repo", "{static}", "-o", "{dir}/r", "--preferred-batch", "4,x"], "--preferred-batch"),
     (["serve-repo", "{static}", "-o", "{dir}/r", "--python-backend", "--gpu-accelerator", "cuda"], "--gpu-accelerator"),
+    # serve-bench
+    (["serve-bench", "--model", "m"], "--url"),
+    (["serve-bench", "--url", "nohost", "--model", "m"], "--url"),
+    (["serve-bench", "--url", "127.0.0.1:1", "--launch", "{dir}", "--model", "m"], "--url"),
+    (["serve-bench", "--url", "127.0.0.1:1", "--model", "m", "--concurrency", "0"], "--concurrency"),
+    (["serve-bench", "--url", "127.0.0.1:1", "--model", "m", "--direct"], "--direct"),
+    (["serve-bench", "--url", "127.0.0.1:1", "--model", "m", "--plot", "{nodir}/b.png"], "--plot"),
+    (["serve-bench", "--launch", "{missing}", "--model", "m"], "--launch"),
+    (["serve-bench", "--url", "127.0.0.1:1", "--model", "m", "--model", "m"], "--model"),
     # no such command
     (["nosuch"], "nosuch"),
 ]

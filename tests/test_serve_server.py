@@ -17,14 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from qm_export.cli import main
-from qm_export.serve.server import ServerUnavailable, TritonServer, bundled_server
+from qm_export.serve.server import TritonServer, unavailable_reason
 from tiny_exports import tiny_export
 
-try:
-    bundled_server()
-    _WHY = None
-except ServerUnavailable as exc:
-    _WHY = str(exc)
+_WHY = unavailable_reason()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=str(_WHY))
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")

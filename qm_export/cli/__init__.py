@@ -24,6 +24,7 @@ from .fit_prior import fit_prior
 from .models import models
 from .profile import profile
 from .run import run
+from .serve_bench import serve_bench
 from .serve_repo import serve_repo
 from .sweep import sweep
 from .validate import validate
@@ -113,5 +114,6 @@ main.add_command(validate)
 main.add_command(sweep)
 main.add_command(run)
 main.add_command(serve_repo)
+main.add_command(serve_bench)
 
 __all__ = ["main"]

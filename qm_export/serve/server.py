@@ -14,6 +14,7 @@ interpreter finds its prefix (what pytriton does too).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -28,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ServerUnavailable", "TritonServer", "bundled_server", "free_port"]
+__all__ = ["ServerUnavailable", "TritonServer", "bundled_server", "free_port", "unavailable_reason"]
 
 INSTALL_HINT = "pip install 'qm-export[serve]' (the nvidia-pytriton wheel ships the tritonserver binary)"
 
@@ -66,6 +67,15 @@ def bundled_server() -> BundledServer:
         if not path.exists():
             raise ServerUnavailable(f"the nvidia-pytriton wheel lacks {path} (Python {version}); {INSTALL_HINT}")
     return found
+
+
+def unavailable_reason() -> str | None:
+    """Why the bundled server cannot be used here (None when it can): for skips and messages."""
+    try:
+        bundled_server()
+    except ServerUnavailable as exc:
+        return str(exc)
+    return None
 
 
 def free_port() -> int:
@@ -132,6 +142,7 @@ class TritonServer:
                 (the process is stopped; the message ends with the log's last line).
         """
         server = bundled_server()
+        self.repository = Path(self.repository).resolve()  # the server runs in its own folder
         self.workdir = Path(tempfile.mkdtemp(prefix="qm-tritonserver-"))
         backends = self.workdir / "backends"
         shutil.copytree(server.backends, backends, ignore=shutil.ignore_patterns("__pycache__"))
@@ -173,20 +184,20 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM to the server's process id, then SIGKILL to its process group (its Python
-        stubs) if it has not exited after ``timeout`` s; removes the temporary folder."""
+        """SIGTERM to the server's process id (SIGKILL if it has not exited after ``timeout`` s),
+        then SIGKILL to what is left of its process group: Python stubs orphaned by a server
+        that was killed. Removes the temporary folder."""
         proc = self.process
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with_group = proc.pid  # start_new_session: the group id is the server's pid
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
                 try:
-                    os.killpg(with_group, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=timeout)
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=timeout)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the group id is the server's pid
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -162,7 +162,7 @@ def serve_bench(url: str | None, launch: Path | None, models: tuple[str, ...], c
                     if path is None:
                         raise InputError(f"--direct: model {model!r} in {launch} has no ONNX file to time")
                     say(f"timing {model} directly")
-                    direct_doc[model] = direct_latency(path, inputs[model], threads=threads,
+                    direct_doc[model] = direct_latency(path, inputs[model].arrays, threads=threads,
                                                        seconds=min(duration, 10.0)) | {"threads": threads}
         try:
             with _bar(err) as update:

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchAborted", "BenchOptions", "BenchReport", "parse_url", "run_bench"]
+__all__ = ["BenchAborted", "BenchOptions", "BenchReport", "Request", "check_models", "direct_latency", "launched",
+           "parse_url", "run_bench", "version_file"]
 
 SCHEMA = "qm-export.serve-bench/1"
 _URL = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
@@ -199,8 +200,17 @@ def _call(mod: Any, client: Any, method: str, *args: Any, timeout: float, **kwar
     return getattr(client, method)(*args, **kwargs)
 
 
-def _inputs_for(mod: Any, client: Any, model: str, options: BenchOptions) -> tuple[list[Any], int]:
-    """Random inputs shaped from the model's metadata; returns (InferInputs, max_batch_size)."""
+@dataclass(frozen=True)
+class Request:
+    """One model's request: the client's ``InferInput``s and the arrays they carry (by name)."""
+
+    inputs: list[Any]
+    arrays: dict[str, np.ndarray]
+
+
+def _inputs_for(mod: Any, client: Any, model: str, options: BenchOptions) -> Request:
+    """Random inputs shaped from the model's metadata (``--batch``, ``--seq-len`` for other
+    dynamic axes; ``*mask*`` inputs all ones, other integers in 0..99)."""
     kw = {"as_json": True} if mod.__name__.endswith("grpc") else {}
     meta = _call(mod, client, "get_model_metadata", model, timeout=options.timeout, **kw)
     config = _call(mod, client, "get_model_config", model, timeout=options.timeout, **kw)
@@ -209,7 +219,7 @@ def _inputs_for(mod: Any, client: Any, model: str, options: BenchOptions) -> tup
     if max_batch and options.batch > max_batch:
         raise ValueError(f"--batch {options.batch} is over model {model!r}'s max_batch_size {max_batch}")
     rng = np.random.default_rng(0)
-    inputs = []
+    inputs, arrays = [], {}
     for spec in meta["inputs"]:
         dims = [int(d) for d in spec["shape"]]
         shape = [options.batch if i == 0 and max_batch else (options.seq_len if d < 0 else d)
@@ -227,10 +237,11 @@ def _inputs_for(mod: Any, client: Any, model: str, options: BenchOptions) -> tup
         inp = mod.InferInput(spec["name"], shape, spec["datatype"])
         inp.set_data_from_numpy(data)
         inputs.append(inp)
-    return inputs, max_batch
+        arrays[spec["name"]] = data
+    return Request(inputs, arrays)
 
 
-def check_models(options: BenchOptions) -> dict[str, list[Any]]:
+def check_models(options: BenchOptions) -> dict[str, Request]:
     """Connect, check every model is ready, and build its inputs.
 
     Raises:
@@ -258,7 +269,7 @@ def check_models(options: BenchOptions) -> dict[str, list[Any]]:
             why = (f"is {state.get('state', 'not ready')}" + (f": {state['reason']}" if state.get("reason") else "")
                    if state else "is not in the repository")
             raise ValueError(f"--model {model!r} {why} (ready: {', '.join(ready) or 'none'})")
-        out[model] = _inputs_for(mod, client, model, options)[0]
+        out[model] = _inputs_for(mod, client, model, options)
     return out
 
 
@@ -305,7 +316,7 @@ def _window(mod: Any, options: BenchOptions, model: str, inputs: list[Any], conc
     return [x for per in latencies for x in per], wall, (errors[0] if errors else None)
 
 
-def run_bench(options: BenchOptions, *, inputs: dict[str, list[Any]] | None = None,
+def run_bench(options: BenchOptions, *, inputs: dict[str, Request] | None = None,
               progress: Callable[[str, int, int], None] | None = None,
               alive: Callable[[], bool] | None = None, server_pid: int | None = None) -> BenchReport:
     """Measure every model at every concurrency; see the module docstring.
@@ -332,14 +343,14 @@ def run_bench(options: BenchOptions, *, inputs: dict[str, list[Any]] | None = No
             warm = _client(mod, options.url, options.timeout)
             for model in options.models:
                 for _ in range(options.warmup):
-                    _call(mod, warm, "infer", model, inputs[model], timeout=options.timeout)
+                    _call(mod, warm, "infer", model, inputs[model].inputs, timeout=options.timeout)
             for conc in options.concurrencies:
                 clients = [_client(mod, options.url, options.timeout) for _ in range(conc)]
                 for r in range(options.rounds):
                     order = list(options.models[r % len(options.models):]) + list(options.models[:r % len(options.models)])
                     for model in order:
                         cell = report.cells.setdefault((model, conc), Cell(model, conc, options.batch))
-                        lat, wall, error = _window(mod, options, model, inputs[model], conc,
+                        lat, wall, error = _window(mod, options, model, inputs[model].inputs, conc,
                                                    options.duration / options.rounds, clients, stop, alive)
                         cell.latencies += lat
                         cell.seconds += wall
@@ -405,15 +416,15 @@ def _other_load(server_pid: int | None) -> Iterator[dict[str, float | None]]:
 # Direct ONNX Runtime, for the server's overhead
 
 
-def direct_latency(model_file: Path, inputs: list[Any], *, threads: int, seconds: float) -> dict[str, float]:
+def direct_latency(model_file: Path, feeds: dict[str, np.ndarray], *, threads: int,
+                   seconds: float) -> dict[str, float]:
     """p50/p95 (ms) of ONNX Runtime on ``model_file`` in this process, one call at a time, with
-    the same inputs as the server gets (``InferInput``s)."""
+    the same arrays as the server gets (:attr:`Request.arrays`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
-    feeds = {i.name(): _numpy_of(i) for i in inputs}
     for _ in range(3):
         sess.run(None, feeds)
     times = []
@@ -425,13 +436,6 @@ def direct_latency(model_file: Path, inputs: list[Any], *, threads: int, seconds
     lat = np.asarray(times) * 1e3
     return {"p50": round(float(np.percentile(lat, 50)), 3), "p95": round(float(np.percentile(lat, 95)), 3),
             "runs": len(times)}
-
-
-def _numpy_of(inp: Any) -> np.ndarray:
-    """The array an ``InferInput`` carries (the raw bytes it will send, reshaped)."""
-    raw = inp._raw_content if getattr(inp, "_raw_content", None) is not None else inp._get_content()
-    dtype = _DTYPES[inp.datatype()]
-    return np.frombuffer(raw, dtype=dtype).reshape(inp.shape())
 
 
 @contextlib.contextmanager
@@ -463,7 +467,3 @@ def version_file(repo: Path, model: str) -> Path | None:
     name = json.loads(m.group(1)) if m else "model.onnx"
     path = versions[-1] / name
     return path if path.is_file() else None
-
-
-def cpu_count() -> int:
-    return os.cpu_count() or 1

@@ -138,6 +138,8 @@ BROKEN = [
     (["serve-repo", "{static}", "{static}", "-o", "{dir}/r", "--name", "x"], "--name"),
     (["serve-repo", "{static}", "-o", "{dir}/r", "--preferred-batch", "4,x"], "--preferred-batch"),
     (["serve-repo", "{static}", "-o", "{dir}/r", "--python-backend", "--gpu-accelerator", "cuda"], "--gpu-accelerator"),
+    (["serve-repo", "{static}", "-o", "{dir}/r", "--ort-config", "novalue"], "--ort-config"),
+    (["serve-repo", "{static}", "-o", "{dir}/r", "--max-batch-size", "0", "--ort-config", "a=b"], "--ort-config"),
     # serve-bench
     (["serve-bench", "--model", "m"], "--url"),
     (["serve-bench", "--url", "nohost", "--model", "m"], "--url"),

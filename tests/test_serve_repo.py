@@ -76,13 +76,15 @@ def test_max_batch_size_zero_keeps_the_full_shape(tmp_path: Path) -> None:
 
 
 def test_python_backend_writes_model_py_and_keeps_the_file_name(tmp_path: Path) -> None:
-    res = serve_repo(tiny_export("merged"), "-o", tmp_path / "r", "--python-backend", "--threads", "1")
+    res = serve_repo(tiny_export("merged"), "-o", tmp_path / "r", "--python-backend", "--threads", "1",
+                     "--ort-config", "session.intra_op.allow_spinning=0")
     assert res.exit_code == 0, res.output
     folder = tmp_path / "r" / "vit-tiny"
     cfg = parse(folder / "config.pbtxt")
     assert cfg.backend == "python" and not cfg.platform and not cfg.default_model_filename
     assert cfg.parameters["onnx_file"].string_value == "vit-tiny.onnx"
     assert cfg.parameters["intra_op_threads"].string_value == "1"
+    assert cfg.parameters["ort_config:session.intra_op.allow_spinning"].string_value == "0"
     assert sorted(p.name for p in (folder / "1").iterdir()) == ["model.py", "vit-tiny.onnx"]
     compile((folder / "1" / "model.py").read_text(), "model.py", "exec")
 

@@ -31,7 +31,8 @@ MODELS = {"vit-tiny": "merged", "vit-tiny-nomerge": "baseline", "encoder-tiny": 
 
 def make_repo(repo: Path, *extra: str) -> Path:
     res = CliRunner().invoke(main, ["serve-repo", *(str(tiny_export(k)) for k in MODELS.values()), "-o", str(repo),
-                                    "--python-backend", "--threads", "1", "--max-batch-size", "8", *extra])
+                                    "--python-backend", "--threads", "1", "--max-batch-size", "8",
+                                    "--ort-config", "session.intra_op.allow_spinning=0", *extra])
     assert res.exit_code == 0, res.output
     return repo
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .common import console, emit_json, fail_on, status, verdict
+from .profile import _config
 
 
 def _positive_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
@@ -44,11 +45,15 @@ def _positive_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="onnxruntime backend on --kind gpu: optimization.execution_accelerators.gpu_execution_accelerator.")
 @click.option("--threads", type=click.IntRange(min=0), default=0,
               help="--python-backend: ONNX Runtime intra-op threads per instance (0: ONNX Runtime's choice).")
+@click.option("--ort-config", "ort_config", multiple=True, metavar="KEY=VALUE", callback=_config,
+              help="--python-backend: ONNX Runtime session config entry (repeatable), e.g. "
+                   "session.intra_op.allow_spinning=0.")
 @click.option("--force", is_flag=True, help="Replace REPO if it exists and is not empty.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON on stdout.")
 def serve_repo(models: tuple[Path, ...], repo: Path, python_backend: bool, max_batch_size: int, name: str | None,
                instances: int, kind: str, preferred_batch: tuple[int, ...], queue_delay_us: int, version: int,
-               gpu_accelerator: str | None, threads: int, force: bool, as_json: bool) -> None:
+               gpu_accelerator: str | None, threads: int, ort_config: dict[str, str], force: bool,
+               as_json: bool) -> None:
     """Write a Triton model repository serving each MODEL (.onnx, or a TensorRT .engine/.plan
     with its .json sidecar from qm-export build).
 
@@ -70,7 +75,8 @@ def serve_repo(models: tuple[Path, ...], repo: Path, python_backend: bool, max_b
     with fail_on():
         options = ServeOptions(max_batch_size=max_batch_size, python_backend=python_backend, instances=instances,
                                kind=kind, preferred_batch=preferred_batch, queue_delay_us=queue_delay_us,
-                               version=version, gpu_accelerator=gpu_accelerator, threads=threads)
+                               version=version, gpu_accelerator=gpu_accelerator, threads=threads,
+                               ort_config=ort_config)
         with status(err, "reading models") as say:
             planned = plan_repository(list(models), options, name=name)
             final = write_repository(planned, repo, options, force=force, progress=say)

@@ -64,6 +64,8 @@ class ServeOptions:
         gpu_accelerator: ``"tensorrt"`` or ``"cuda"``: the ONNX Runtime backend's
             ``gpu_execution_accelerator`` (``None``: not written).
         threads: ONNX Runtime intra-op threads in the Python backend (0: ONNX Runtime's choice).
+        ort_config: ONNX Runtime session config entries for the Python backend
+            (``parameters { key: "ort_config:KEY" }``), e.g. ``session.intra_op.allow_spinning=0``.
     """
 
     max_batch_size: int = 8
@@ -75,7 +77,7 @@ class ServeOptions:
     version: int = 1
     gpu_accelerator: str | None = None
     threads: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
+    ort_config: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 0:
@@ -95,6 +97,8 @@ class ServeOptions:
             raise ValueError(f"--preferred-batch {over[0]} is outside 1..--max-batch-size ({self.max_batch_size})")
         if self.gpu_accelerator not in (None, "tensorrt", "cuda"):
             raise ValueError(f"--gpu-accelerator must be tensorrt or cuda, not {self.gpu_accelerator!r}")
+        if self.ort_config and not self.python_backend:
+            raise ValueError("--ort-config sets the Python backend's ONNX Runtime session; pass --python-backend")
         if self.gpu_accelerator and (self.python_backend or self.kind != "gpu"):
             raise ValueError("--gpu-accelerator needs --kind gpu and the onnxruntime backend (not --python-backend)")
 
@@ -230,10 +234,10 @@ def render_config(name: str, file_name: str, kind: str, inputs: list[TensorSpec]
     if options.gpu_accelerator:
         lines.append("optimization {\n  execution_accelerators {\n    gpu_execution_accelerator : [ {\n"
                      f"      name : {_q(options.gpu_accelerator)}\n    }} ]\n  }}\n}}")
-    params = dict(options.extra)
+    params: dict[str, str] = {}
     if options.python_backend:
-        params.setdefault("onnx_file", file_name)
-        params.setdefault("intra_op_threads", str(options.threads))
+        params = {"onnx_file": file_name, "intra_op_threads": str(options.threads)}
+        params.update({f"ort_config:{k}": v for k, v in options.ort_config.items()})
     for key, value in params.items():
         lines.append(f"parameters {{\n  key: {_q(key)}\n  value: {{ string_value: {_q(value)} }}\n}}")
     return "\n".join(lines) + "\n"

@@ -4,7 +4,8 @@ Copied verbatim into ``REPO/<name>/<version>/model.py``; it runs inside Triton's
 backend stub, so it imports nothing from qm-export: only ``triton_python_backend_utils``
 (the stub's), ``numpy`` and ``onnxruntime``. It opens one file: the ONNX model named by the
 config's ``onnx_file`` parameter, in its own version folder (a plain file name; anything with
-a path separator is refused), and runs it with ONNX Runtime on the CPU. The qm custom-domain
+a path separator is refused), and runs it with ONNX Runtime on the CPU (``intra_op_threads``
+threads; ``ort_config:KEY`` parameters become session config entries). The qm custom-domain
 ops run as the model's local functions.
 
 Requests that arrive together (dynamic batching) and share their non-batch shapes are
@@ -83,6 +84,9 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"model file {path!r} is missing")
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        for key, value in params.items():  # serve-repo --ort-config KEY=VALUE
+            if key.startswith("ort_config:"):
+                options.add_session_config_entry(key.split(":", 1)[1], value)
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.inputs = [i.name for i in self.session.get_inputs()]

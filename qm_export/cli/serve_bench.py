@@ -47,6 +47,9 @@ def _table(err: Any, doc: dict[str, Any]) -> None:
         table.add_row(r["model"], str(r["concurrency"]), str(r["requests"]), f"{r['throughput'] or 0:.1f}",
                       *(f"{lat.get(k, float('nan')):.2f}" for k in ("p50", "p95", "p99")))
     err.print(table)
+    for model, d in doc.get("direct", {}).items():
+        err.print(f"{model} directly in ONNX Runtime ({d['threads']} threads): p50 {d['p50']:.2f} ms, p95 {d['p95']:.2f} ms; "
+                  f"served / direct p50 at concurrency 1: x{d['overhead_ratio']}", soft_wrap=True)
     for c in doc["comparison"]:
         err.print(f"{c['model']} vs {c['versus']} @ concurrency {c['concurrency']}: throughput x{c['throughput_ratio']}, "
                   f"p50 x{c['p50_ratio']} (>1: {c['model']} faster)", soft_wrap=True)
@@ -104,7 +107,8 @@ def _plot(doc: dict[str, Any], path: Path) -> None:
               help="Limit on every client call.")
 @click.option("--direct", is_flag=True,
               help="With --launch: also time ONNX Runtime on each model's file in this process, one call at a "
-                   "time, for the server's overhead (p50 served / p50 direct at concurrency 1).")
+                   "time, in windows alternating with the served ones at concurrency 1, for the server's "
+                   "overhead (p50 served / p50 direct).")
 @click.option("--threads", type=click.IntRange(min=0), default=0,
               help="--direct: ONNX Runtime intra-op threads (match the repository's --threads).")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: throughput and latency.")
@@ -121,7 +125,7 @@ def serve_bench(url: str | None, launch: Path | None, models: tuple[str, ...], c
     results so far marked "complete": false.
     """
     from ..export.files import check_output_path
-    from ..serve.bench import BenchAborted, BenchOptions, check_models, direct_latency, launched, parse_url
+    from ..serve.bench import BenchAborted, BenchOptions, check_models, direct_runner, launched, parse_url
     from ..serve.bench import run_bench, version_file
 
     err = console(stderr=True)
@@ -154,31 +158,26 @@ def serve_bench(url: str | None, launch: Path | None, models: tuple[str, ...], c
                 inputs = check_models(options)
             except ConnectionError as exc:
                 raise CommandFailed(str(exc)) from None
-        direct_doc: dict[str, Any] = {}
+        runners: dict[str, Any] = {}
         if direct and launch is not None:
-            with fail_on(), status(err, "timing ONNX Runtime directly") as say:
+            with fail_on(), status(err, "loading the models for --direct") as say:
                 for model in models:
                     path = version_file(launch, model)
                     if path is None:
                         raise InputError(f"--direct: model {model!r} in {launch} has no ONNX file to time")
-                    say(f"timing {model} directly")
-                    direct_doc[model] = direct_latency(path, inputs[model].arrays, threads=threads,
-                                                       seconds=min(duration, 10.0)) | {"threads": threads}
+                    say(f"loading {model}")
+                    runners[model] = direct_runner(path, inputs[model].arrays, threads=threads)
         try:
             with _bar(err) as update:
                 report = run_bench(options, inputs=inputs, progress=update,
                                    alive=(srv.alive if srv is not None else None),
-                                   server_pid=srv.process.pid if srv is not None and srv.process else None)
+                                   server_pid=srv.process.pid if srv is not None and srv.process else None,
+                                   direct=runners)
         except BenchAborted as aborted:
             report = aborted.report
         if srv is not None:
             report.server = {"launched": str(launch), "binary": "nvidia-pytriton tritonserver"}
-        if direct_doc:
-            for model, d in direct_doc.items():
-                cell = report.cells.get((model, 1))
-                served = (cell.to_json()["latency_ms"] or {}).get("p50") if cell else None
-                d["overhead_ratio"] = round(served / d["p50"], 3) if served and d["p50"] else None
-            report.direct = direct_doc
+        report.direct_threads = threads if runners else None
     doc = report.to_json()
     if doc["results"]:
         _table(err, doc)

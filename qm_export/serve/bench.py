@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchAborted", "BenchOptions", "BenchReport", "Request", "check_models", "direct_latency", "launched",
+__all__ = ["BenchAborted", "BenchOptions", "BenchReport", "Request", "check_models", "direct_runner", "launched",
            "parse_url", "run_bench", "version_file"]
 
 SCHEMA = "qm-export.serve-bench/1"
@@ -131,7 +131,8 @@ class BenchReport:
     complete: bool = False
     error: str | None = None
     other_cpu_load: float | None = None
-    direct: dict[str, Any] = field(default_factory=dict)
+    direct: dict[str, Cell] = field(default_factory=dict)
+    direct_threads: int | None = None
     server: dict[str, Any] = field(default_factory=dict)
 
     def results(self) -> list[dict[str, Any]]:
@@ -154,6 +155,20 @@ class BenchReport:
                             "p50_ratio": round(jb["latency_ms"]["p50"] / ja["latency_ms"]["p50"], 3)})
         return out
 
+    def direct_json(self) -> dict[str, Any]:
+        """Per model: ONNX Runtime in this process (p50/p95 ms, runs) and ``overhead_ratio`` =
+        served p50 / direct p50 at concurrency 1, from windows that alternated with the served ones."""
+        out = {}
+        for model, cell in self.direct.items():
+            d = cell.to_json()
+            lat = d["latency_ms"] or {}
+            served = self.cells.get((model, 1))
+            p50 = ((served.to_json()["latency_ms"] or {}).get("p50")) if served else None
+            out[model] = {"p50": lat.get("p50"), "p95": lat.get("p95"), "runs": d["requests"],
+                          "threads": self.direct_threads,
+                          "overhead_ratio": round(p50 / lat["p50"], 3) if p50 and lat.get("p50") else None}
+        return out
+
     def to_json(self) -> dict[str, Any]:
         o = self.options
         doc: dict[str, Any] = {
@@ -163,7 +178,7 @@ class BenchReport:
                          "batch": o.batch, "seq_len": o.seq_len, "timeout_s": o.timeout, "warmup": o.warmup},
             "other_cpu_load": self.other_cpu_load, "results": self.results(), "comparison": self.comparison()}
         if self.direct:
-            doc["direct"] = self.direct
+            doc["direct"] = self.direct_json()
         if self.server:
             doc["server"] = self.server
         if self.error:
@@ -318,7 +333,8 @@ def _window(mod: Any, options: BenchOptions, model: str, inputs: list[Any], conc
 
 def run_bench(options: BenchOptions, *, inputs: dict[str, Request] | None = None,
               progress: Callable[[str, int, int], None] | None = None,
-              alive: Callable[[], bool] | None = None, server_pid: int | None = None) -> BenchReport:
+              alive: Callable[[], bool] | None = None, server_pid: int | None = None,
+              direct: dict[str, Callable[[], Any]] | None = None) -> BenchReport:
     """Measure every model at every concurrency; see the module docstring.
 
     Args:
@@ -327,6 +343,9 @@ def run_bench(options: BenchOptions, *, inputs: dict[str, Request] | None = None
         alive: False once the server is known to be gone (e.g. its process exited).
         server_pid: the launched server's process (group) id: its CPU time is not counted in
             ``other_cpu_load``.
+        direct: per model, one direct call of the same model in this process (e.g. an ONNX
+            Runtime session's run): at concurrency 1, each served window of the model is followed
+            by a window of these calls, one at a time (:meth:`BenchReport.direct_json`).
 
     Raises:
         BenchAborted: the server stopped answering (the report so far, ``complete`` False).
@@ -335,7 +354,9 @@ def run_bench(options: BenchOptions, *, inputs: dict[str, Request] | None = None
     inputs = inputs if inputs is not None else check_models(options)
     alive = alive or (lambda: True)
     report = BenchReport(options)
-    total = len(options.concurrencies) * options.rounds * len(options.models)
+    direct = direct or {}
+    total = (len(options.concurrencies) * len(options.models) + (len(direct) if 1 in options.concurrencies else 0)) \
+        * options.rounds
     done = 0
     stop = threading.Event()
     with _other_load(server_pid) as load:
@@ -359,6 +380,12 @@ def run_bench(options: BenchOptions, *, inputs: dict[str, Request] | None = None
                             progress(f"{model} @ concurrency {conc}", done, total)
                         if error:
                             raise _Stopped(error)
+                        if conc == 1 and model in direct:
+                            _direct_window(report.direct.setdefault(model, Cell(model, 1, options.batch)),
+                                           direct[model], options.duration / options.rounds)
+                            done += 1
+                            if progress:
+                                progress(f"{model} directly", done, total)
                 with contextlib.suppress(Exception):
                     for c in clients:
                         c.close()
@@ -416,10 +443,22 @@ def _other_load(server_pid: int | None) -> Iterator[dict[str, float | None]]:
 # Direct ONNX Runtime, for the server's overhead
 
 
-def direct_latency(model_file: Path, feeds: dict[str, np.ndarray], *, threads: int,
-                   seconds: float) -> dict[str, float]:
-    """p50/p95 (ms) of ONNX Runtime on ``model_file`` in this process, one call at a time, with
-    the same arrays as the server gets (:attr:`Request.arrays`)."""
+def _direct_window(cell: Cell, call: Callable[[], Any], seconds: float) -> None:
+    """``call()`` one at a time for ``seconds`` (at least 3 calls), latencies into ``cell``."""
+    start = time.perf_counter()
+    deadline = start + seconds
+    n = 0
+    while time.perf_counter() < deadline or n < 3:
+        t0 = time.perf_counter()
+        call()
+        cell.latencies.append(time.perf_counter() - t0)
+        n += 1
+    cell.seconds += time.perf_counter() - start
+
+
+def direct_runner(model_file: Path, feeds: dict[str, np.ndarray], *, threads: int) -> Callable[[], Any]:
+    """One ONNX Runtime call of ``model_file`` on ``feeds`` (the arrays the server gets,
+    :attr:`Request.arrays`), CPU, ``threads`` intra-op threads, after 3 warm-up calls."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -427,15 +466,7 @@ def direct_latency(model_file: Path, feeds: dict[str, np.ndarray], *, threads: i
     sess = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
     for _ in range(3):
         sess.run(None, feeds)
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 5:
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    lat = np.asarray(times) * 1e3
-    return {"p50": round(float(np.percentile(lat, 50)), 3), "p95": round(float(np.percentile(lat, 95)), 3),
-            "runs": len(times)}
+    return lambda: sess.run(None, feeds)
 
 
 @contextlib.contextmanager

@@ -503,6 +503,8 @@ INTERRUPT_POINTS = [
     (["validate", "{static}"], "qm_export.validate.run.validate_model"),
     (["sweep", "vit-tiny"], "qm_export.pipeline.sweep.run_sweep"),
     (["run", "vit-tiny", "-o", "{tmp}/r"], "qm_export.pipeline.run.run_pipeline"),
+    (["serve-repo", "{static}", "-o", "{tmp}/r", "--max-batch-size", "0"], "qm_export.serve.write_repository"),
+    (["serve-bench", "--url", "127.0.0.1:1", "--model", "m"], "qm_export.serve.bench.check_models"),
 ]
 
 

@@ -106,3 +106,13 @@ def test_killing_the_server_mid_run_gives_a_partial_report(repo: Path) -> None:
     doc = json.loads(out)
     assert doc["complete"] is False and doc["passed"] is False and "stopped answering" in doc["error"]
     assert doc["results"] and all(r["concurrency"] == 1 for r in doc["results"] if r["requests"])
+
+
+def test_the_http_protocol_measures_too(repo: Path) -> None:
+    res = CliRunner().invoke(main, ["serve-bench", "--launch", str(repo), "--model", "vit-tiny", "--protocol", "http",
+                                    "--concurrency", "2", "--duration", "1", "--rounds", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["complete"] is True and doc["protocol"] == "http" and doc["comparison"] == []
+    (cell,) = doc["results"]
+    assert cell["concurrency"] == 2 and cell["requests"] > 0 and cell["latency_ms"]["p99"] > 0

@@ -48,6 +48,8 @@ def test_side_by_side_with_a_launched_server(repo: Path, tmp_path: Path) -> None
         assert r["requests"] > 0 and r["throughput"] > 0
         lat = r["latency_ms"]
         assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert 1 <= r["server_batch"] <= 8  # rows per execution, from the server's statistics
+    assert cells[("vit-tiny", 1)]["server_batch"] == 1
     assert {(c["versus"], c["concurrency"]) for c in doc["comparison"]} == {("vit-tiny-nomerge", 1),
                                                                              ("vit-tiny-nomerge", 3)}
     assert doc["direct"]["vit-tiny"]["overhead_ratio"] > 1  # a server round trip costs more than a call

@@ -17,7 +17,8 @@ JSON (--json, on stdout, also when the run is cut short): {"schema", "complete",
 "passed", "url", "protocol", "models", "settings", "other_cpu_load",
 "results": [one per model x concurrency: {"model", "concurrency", "batch",
 "requests", "seconds", "requests_per_s", "throughput" (inferences/s),
-"latency_ms": {p50, p95, p99, mean, min, max}}], "comparison": [{"model",
+"latency_ms": {p50, p95, p99, mean, min, max}, "server_batch" (rows per
+model execution, from the server's statistics)}], "comparison": [{"model",
 "versus", "concurrency", "throughput_ratio", "p50_ratio"}], "direct" (--direct),
 "server" (--launch), "error" (when incomplete)}. See docs/serving.md."""
 
@@ -40,12 +41,13 @@ def _table(err: Any, doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="serve-bench (latency ms, throughput inferences/s)", title_justify="left")
-    for col in ("model", "conc", "requests", "throughput", "p50", "p95", "p99"):
+    for col in ("model", "conc", "requests", "throughput", "p50", "p95", "p99", "batch"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in doc["results"]:
         lat = r["latency_ms"] or {}
         table.add_row(r["model"], str(r["concurrency"]), str(r["requests"]), f"{r['throughput'] or 0:.1f}",
-                      *(f"{lat.get(k, float('nan')):.2f}" for k in ("p50", "p95", "p99")))
+                      *(f"{lat.get(k, float('nan')):.2f}" for k in ("p50", "p95", "p99")),
+                      "-" if r.get("server_batch") is None else f"{r['server_batch']:.1f}")
     err.print(table)
     for model, d in doc.get("direct", {}).items():
         err.print(f"{model} directly in ONNX Runtime ({d['threads']} threads): p50 {d['p50']:.2f} ms, p95 {d['p95']:.2f} ms; "

@@ -110,6 +110,8 @@ class Cell:
     batch: int
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    inferences: int = 0  # the server's counts over the windows (its statistics API)
+    executions: int = 0
 
     def to_json(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies) * 1e3
@@ -119,7 +121,8 @@ class Cell:
         rps = len(lat) / self.seconds if self.seconds > 0 else None
         return {"model": self.model, "concurrency": self.concurrency, "batch": self.batch, "requests": int(lat.size),
                 "seconds": round(self.seconds, 3), "requests_per_s": None if rps is None else round(rps, 3),
-                "throughput": None if rps is None else round(rps * self.batch, 3), "latency_ms": stats}
+                "throughput": None if rps is None else round(rps * self.batch, 3), "latency_ms": stats,
+                "server_batch": round(self.inferences / self.executions, 2) if self.executions else None}
 
 
 @dataclass
@@ -371,10 +374,15 @@ def run_bench(options: BenchOptions, *, inputs: dict[str, Request] | None = None
                     order = list(options.models[r % len(options.models):]) + list(options.models[:r % len(options.models)])
                     for model in order:
                         cell = report.cells.setdefault((model, conc), Cell(model, conc, options.batch))
+                        before = _counts(mod, warm, model, options.timeout)
                         lat, wall, error = _window(mod, options, model, inputs[model].inputs, conc,
                                                    options.duration / options.rounds, clients, stop, alive)
                         cell.latencies += lat
                         cell.seconds += wall
+                        after = None if error else _counts(mod, warm, model, options.timeout)
+                        if before and after:
+                            cell.inferences += after[0] - before[0]
+                            cell.executions += after[1] - before[1]
                         done += 1
                         if progress:
                             progress(f"{model} @ concurrency {conc}", done, total)
@@ -402,6 +410,18 @@ def run_bench(options: BenchOptions, *, inputs: dict[str, Request] | None = None
 
 class _Stopped(Exception):
     pass
+
+
+def _counts(mod: Any, client: Any, model: str, timeout: float) -> tuple[int, int] | None:
+    """The server's (inference_count, execution_count) of ``model``: rows run and model
+    executions, so their ratio is the batch size the dynamic batcher formed. None if unreadable."""
+    kw = {"as_json": True} if mod.__name__.endswith("grpc") else {}
+    try:
+        stats = _call(mod, client, "get_inference_statistics", model, timeout=timeout, **kw)
+        entry = stats["model_stats"][0]
+        return int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0))
+    except Exception:  # statistics are extra: the load numbers stand without them
+        return None
 
 
 def _group_jiffies(pgid: int | None) -> int:

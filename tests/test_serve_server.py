@@ -10,6 +10,7 @@ Skipped, with the reason, where the ``serve`` extra is not installed.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -89,18 +90,20 @@ def test_outputs_equal_a_direct_onnxruntime_run(server, protocol: str, model: st
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server) -> None:
-    client = httpclient.InferenceServerClient(server.http_url, concurrency=16, network_timeout=60)
+    local = threading.local()  # the HTTP client (gevent) is not thread-safe: one per thread
     jobs = [("vit-tiny", feeds_for("vit-tiny", 1 + i % 3, seed=i)) for i in range(24)]
 
     def one(job):
+        if not hasattr(local, "client"):
+            local.client = httpclient.InferenceServerClient(server.http_url, network_timeout=60)
         model, feeds = job
-        return infer(httpclient, client, model, feeds, ["logits"])["logits"]
+        return infer(httpclient, local.client, model, feeds, ["logits"])["logits"]
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(one, jobs))
     for (model, feeds), got in zip(jobs, answers):
         np.testing.assert_allclose(got, direct(model, feeds)["logits"], rtol=1e-5, atol=1e-6)
-    stats = client.get_inference_statistics("vit-tiny")["model_stats"][0]
+    stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics("vit-tiny")["model_stats"][0]
     assert int(stats["inference_count"]) >= sum(f["pixel_values"].shape[0] for _, f in jobs)
 
 

@@ -419,11 +419,7 @@ def _check_token_counts(model: nn.Module, recipe: Recipe, declared: Sequence[tup
     (``keep`` >= the mergeable tokens of its layer): :meth:`MergeSchedule.token_counts`."""
     if not model.schedule.merges:
         return
-    counts: dict[int, int | None] = {}
-    for _, seq in declared:
-        if seq not in counts:
-            counts[seq] = None
-    for seq in sorted(counts, key=lambda s: -1 if s is None else s):
+    for seq in sorted({seq for _, seq in declared}, key=lambda s: -1 if s is None else s):
         n = _stack_tokens(model, make(1, seq))
         where = "" if seq is None else f" at sequence length {seq} (a shape {recipe.name}'s build profile declares)"
         model.schedule.token_counts(n, where)

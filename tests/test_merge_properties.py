@@ -149,9 +149,11 @@ def test_rows_independent_of_batch(case: dict) -> None:
         alone, info_b = quickmerge(**_slice_inputs(inputs, b), **opts)
         for name in ("seeds", "assign", "mask", "positions"):
             assert torch.equal(info_b[name][0], info[name][b]), name
-        torch.testing.assert_close(alone[0], merged[b], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(alone[0], merged[b], atol=1e-5, rtol=1e-5)  # through the saliency, below
         torch.testing.assert_close(info_b["sizes"][0], info["sizes"][b])
-        torch.testing.assert_close(info_b["saliency"][0], info["saliency"][b], atol=1e-6, rtol=0)
+        # float32 sums in a batched matmul round differently from a one-row one (~1e-7 on the
+        # entropies), and min-max normalisation divides that by the row's range: 1.25e-6 seen
+        torch.testing.assert_close(info_b["saliency"][0], info["saliency"][b], atol=1e-5, rtol=0)
 
 
 def _poison(inputs: dict, gen: torch.Generator, how: str) -> dict:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from causal_checks import assert_never_attends_later
+from causal_checks import assert_never_attends_later, token_ids
 from naive_quickmerge import naive_batch
 from qm_export.backends.onnxruntime import OrtRunner
 from qm_export.backends.reference import ReferenceRunner
@@ -252,8 +252,7 @@ def test_embed_prior_is_built_and_called():
 # ---- the causal LM with an embed merge -----------------------------------------------------
 
 
-def _ids(n, seed, batch=1):
-    return torch.randint(0, 1000, (batch, n), generator=torch.Generator().manual_seed(seed))
+_ids = token_ids
 
 
 def test_causal_embed_merge_never_attends_to_a_later_position():

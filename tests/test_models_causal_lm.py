@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from causal_checks import assert_never_attends_later
+from causal_checks import assert_never_attends_later, token_ids
 from qm_export.models import build_model
 
 
-def _ids(n, seed, batch=1):
-    return torch.randint(0, 1000, (batch, n), generator=torch.Generator().manual_seed(seed))
+_ids = token_ids
 
 
 def test_merged_prefill_never_attends_to_a_later_position():

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from qm_export.errors import first_line
 from qm_export.export.files import atomic_output, check_output_path
 
 __all__ = [
@@ -167,7 +168,7 @@ def load_run_results(path: str | os.PathLike[str]) -> dict[str, list[dict[str, n
                 run = RunResults.load(str(src))
     except (PolygraphyException, ValueError, KeyError, TypeError, AttributeError) as err:
         # ValueError covers JSON and UTF-8 decoding errors
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise _not_valid(src, what, first) from None
     out: dict[str, list[dict[str, np.ndarray]]] = {}
     for runner, iterations in run.items():
@@ -222,7 +223,7 @@ def load_inputs(path: str | os.PathLike[str]) -> list[dict[str, np.ndarray]]:
         with _quiet():
             items = list(StreamingDataLoader(str(src)))
     except (PolygraphyException, ValueError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise _not_valid(src, what, first) from None
     out = []
     for i, feed in enumerate(items):

@@ -30,7 +30,7 @@ Where Polygraphy fits, and where it does not
   own names; the engine must not have been built with ``ProfilingVerbosity.NONE`` (``build``
   keeps the default, layer names).
 
-``import tensorrt`` and ``import polygraphy`` happen only inside :class:`TrtRunner`. Polygraphy
+TensorRT and Polygraphy are imported only inside :class:`TrtRunner` (lazily). Polygraphy
 logs (with TensorRT's own log) to stdout; the runner redirects those lines to stderr.
 Everything that needs neither (file kind, sidecar, version comparison, profiler records to
 :class:`~qm_export.backends.ort_profile.NodeEvent`) is a pure function here.

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import SourceError
+from ...errors import SourceError, first_line
 from ...models.schedule import EMBED, MergeSchedule
 from ...models.source import LoadedModel
 from ...recipes import ExportDefaults, ShapeProfile, Tolerance
@@ -60,7 +60,7 @@ def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Modu
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as err:  # malformed JSON, a missing model_type, ...: the folder's fault
-        raise SourceError(f"{path / 'config.json'} cannot be read as a Hugging Face config: {_first_line(err)}") from None
+        raise SourceError(f"{path / 'config.json'} cannot be read as a Hugging Face config: {first_line(err)}") from None
     names = [a for a in (getattr(config, "architectures", None) or []) if a in _ARCHITECTURES]
     name = names[0] if names else _BY_MODEL_TYPE.get(getattr(config, "model_type", ""))
     if name is None:
@@ -73,7 +73,7 @@ def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Modu
         with _quiet_loading(transformers):
             model = getattr(transformers, name).from_pretrained(path, local_files_only=True)
     except Exception as err:  # a truncated or corrupt weights file, shapes that do not match the config
-        raise SourceError(f"{path / weights[0]}: the weights cannot be loaded ({_first_line(err)}); "
+        raise SourceError(f"{path / weights[0]}: the weights cannot be loaded ({first_line(err)}); "
                           "is the file complete?") from None
     model = model.to(PRECISIONS[precision]).eval()
     tokenizer = None
@@ -81,7 +81,7 @@ def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Modu
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         except Exception as err:
-            raise SourceError(f"{path}: its tokenizer files cannot be loaded ({_first_line(err)})") from None
+            raise SourceError(f"{path}: its tokenizer files cannot be loaded ({first_line(err)})") from None
     return model, tokenizer
 
 
@@ -105,11 +105,6 @@ def _quiet_loading(transformers: Any) -> Iterator[None]:
     finally:
         if not was_disabled:
             hf_logging.enable_progress_bar()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
 
 
 def import_transformers() -> Any:

@@ -50,8 +50,8 @@ def test_output_contract(family):
     else:
         assert out["logits"].shape == (batch, cfg.vocab_size)
         # layers 0 and 1 attend over 16 tokens, layer 2 over the 8 merged ones
-        assert [out[f"present_key_{i}"].shape[2] for i in range(3)] == [16, 16, 8]
-        assert out["present_positions_2"].dtype == torch.int64
+        assert [out[f"present.{i}.key"].shape[2] for i in range(3)] == [16, 16, 8]
+        assert out["present.2.positions"].dtype == torch.int64
     assert all(v.is_floating_point() or v.dtype == torch.int64 for v in out.outputs.values())
     assert all(torch.isfinite(v.float()).all() for v in out.outputs.values())
     assert len(out.merges) == 1 and out.merges[0]["seeds"].shape[1] == _mergeable(family) // 2

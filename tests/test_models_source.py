@@ -61,7 +61,7 @@ def test_debug_outputs_append_assign_and_seeds():
 def test_batch_and_seq_len_set_the_example_shapes():
     loaded = load_source("causal-lm-tiny", batch=3, seq_len=40)
     assert [t.shape for t in loaded.example_inputs] == [(3, 40), (3, 40)]
-    assert loaded.output_names[:3] == ("logits", "present_key_0", "present_value_0")
+    assert loaded.output_names[:3] == ("logits", "present.0.key", "present.0.value")
     assert loaded.tokens_per_layer(*loaded.example_inputs) == [40, 40, 20, 20]
     assert load_source("vit-tiny", batch=5).example_inputs[0].shape == (5, 3, 32, 32)
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..generation.contract import flatten_cache, present_names
 from ..merge.indexing import batch_gather, running_count
 from ..merge.ops import is_exporting
 from .base import KVCache, MergingModel, ModelOutput
@@ -44,12 +45,9 @@ SIZES = {
     "base": CausalLMConfig(dim=768, depth=12, heads=12),  # GPT-2 small (124M)
 }
 
-CACHE_FIELDS = ("key", "value", "positions", "sizes")
-
-
 def cache_output_names(depth: int) -> tuple[str, ...]:
-    """``present_{key,value,positions,sizes}_{layer}`` for every layer, layer-major."""
-    return tuple(f"present_{f}_{layer}" for layer in range(depth) for f in CACHE_FIELDS)
+    """``present.{layer}.{key,value,positions,sizes}`` for every layer, layer-major."""
+    return present_names(depth)
 
 
 def text_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -97,9 +95,7 @@ class CausalLM(MergingModel):
         h_last = batch_gather(out.hidden, current)[:, 0]
         outputs = {"logits": self._logits(h_last)}
         assert out.cache is not None
-        for layer, c in enumerate(out.cache):
-            for name in CACHE_FIELDS:
-                outputs[f"present_{name}_{layer}"] = getattr(c, name)
+        outputs.update(zip(cache_output_names(len(out.cache)), flatten_cache(out.cache)))
         next_position = torch.gather(positions, 1, last)[:, 0] + 1
         return ModelOutput(outputs, out.merges, out.tokens, KVCache(out.cache, next_position), out.attentions)
 

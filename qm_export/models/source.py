@@ -58,6 +58,8 @@ class LoadedModel:
         declared_shapes: ``(batch, seq_len)`` pairs that validation runs: the example's and the
             build profile's min/opt/max (``seq_len`` None where the family fixes it).
         tokenizer: the source's tokenizer, if it has one (Hugging Face folders).
+        generation: a causal LM's :class:`~qm_export.generation.contract.GenerationModel`
+            (prefill + decode over the merged cache); None for other families.
     """
 
     model: nn.Module
@@ -79,6 +81,7 @@ class LoadedModel:
     sample_inputs: Callable[..., tuple[torch.Tensor, ...]]
     declared_shapes: tuple[tuple[int | None, int | None], ...] = ((None, None),)
     tokenizer: Any = None
+    generation: Any = None
 
     @property
     def tolerance(self) -> Tolerance:
@@ -362,7 +365,19 @@ def recipe_source(
             row_bytes("--batch", batch, seq_len),
             _make_inputs(model, _example_shapes(recipe, batch, seq_len, cls.dynamic_sequence), seed, dtype))[1],
         declared_shapes=declared,
+        generation=_recipe_generation(model, dtype),
     )
+
+
+def _recipe_generation(model: nn.Module, dtype: torch.dtype) -> Any:
+    """The causal LM's generation contract (None for the other families)."""
+    from ..models.causal_lm import CausalLM
+
+    if not isinstance(model, CausalLM):
+        return None
+    from ..generation.recipe import RecipeGeneration
+
+    return RecipeGeneration(model, dtype)
 
 
 def _row_bytes_of(model: nn.Module, config: Any, make_row: Callable[[int | None], tuple[torch.Tensor, ...]],

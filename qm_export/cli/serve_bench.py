@@ -89,11 +89,23 @@ def _plot(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _host(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from ..serve.server import check_host
+
+    try:
+        return check_host(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 @click.command("serve-bench", epilog=_SCHEMA_HELP)
 @click.option("--url", help="HOST:PORT of a running server (its gRPC port; the HTTP port with --protocol http).")
 @click.option("--launch", type=click.Path(path_type=Path),
               help="Start the bundled tritonserver (nvidia-pytriton) on this repository for the run, on free "
-                   "loopback ports, and stop it at the end.")
+                   "ports of --host, and stop it at the end.")
+@click.option("--host", default="127.0.0.1", show_default=True, metavar="IPV4", callback=_host,
+              help="With --launch: the address the server listens on (HTTP, gRPC, metrics); 127.0.0.1 is this "
+                   "machine only, 0.0.0.0 every interface (anyone who reaches it can send requests).")
 @click.option("--model", "models", multiple=True, required=True,
               help="A model in the repository (repeat for side by side; the first is compared with the others).")
 @click.option("--concurrency", "concurrencies", default="1,8,32", callback=_int_list("integers"),
@@ -116,7 +128,7 @@ def _plot(doc: dict[str, Any], path: Path) -> None:
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: throughput and latency.")
 @click.option("--force", is_flag=True, help="Overwrite --plot's file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def serve_bench(url: str | None, launch: Path | None, models: tuple[str, ...], concurrencies: list[int],
+def serve_bench(url: str | None, launch: Path | None, host: str, models: tuple[str, ...], concurrencies: list[int],
                 duration: float, rounds: int, batch: int, seq_len: int, protocol: str, timeout: float, direct: bool,
                 threads: int, plot: Path | None, force: bool, as_json: bool) -> None:
     """Throughput and p50/p95/p99 latency of each --model on a Triton server under concurrent
@@ -136,6 +148,8 @@ def serve_bench(url: str | None, launch: Path | None, models: tuple[str, ...], c
     if direct and launch is None:
         raise click.BadParameter("--direct needs --launch (the model files are read from the repository)",
                                  param_hint="'--direct'")
+    if host != "127.0.0.1" and launch is None:
+        raise click.BadParameter("--host is where a launched server listens; it needs --launch", param_hint="'--host'")
     with fail_on():
         if plot is not None:
             plot = check_output_path(plot, force=force, suffix=".png", option="--plot")
@@ -148,10 +162,13 @@ def serve_bench(url: str | None, launch: Path | None, models: tuple[str, ...], c
 
             with fail_on(), status(err, f"starting tritonserver on {launch}"):
                 try:
-                    srv = stack.enter_context(launched(launch))
+                    srv = stack.enter_context(launched(launch, host=host))
                 except ServerUnavailable as exc:
                     raise CommandFailed(str(exc)) from None
             url = srv.grpc_url if protocol == "grpc" else srv.http_url
+            if host != "127.0.0.1":
+                err.print(f"[yellow]note:[/yellow] the server listens on {host}: anyone who can reach this machine "
+                          "there can send it requests", soft_wrap=True)
         assert url is not None
         with fail_on():
             options = BenchOptions(url=url, models=models, concurrencies=tuple(concurrencies), duration=duration,

@@ -171,9 +171,11 @@ class StagedModel:
         if data.exists():
             import onnx
 
+            from .external_data import all_tensors
+
             proto = onnx.load(os.fspath(self.path), load_external_data=False)
             new = dest.name + ".data"
-            for tensor in _all_tensors(proto):
+            for tensor in all_tensors(proto):
                 for entry in tensor.external_data:
                     if entry.key == "location":
                         entry.value = new
@@ -197,27 +199,3 @@ class StagedModel:
     def discard(self) -> None:
         """Remove the staged files (and the hidden folder)."""
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _all_tensors(proto):  # -> Iterator[onnx.TensorProto]: initializers, also in subgraphs and functions
-    import onnx
-
-    def graph_tensors(graph):
-        yield from graph.initializer
-        for node in graph.node:
-            yield from node_tensors(node)
-
-    def node_tensors(node):
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from graph_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from graph_tensors(g)
-
-    yield from graph_tensors(proto.graph)
-    for fn in proto.functions:
-        for node in fn.node:
-            yield from node_tensors(node)

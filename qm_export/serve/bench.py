@@ -481,6 +481,9 @@ def direct_runner(model_file: Path, feeds: dict[str, np.ndarray], *, threads: in
     :attr:`Request.arrays`), CPU, ``threads`` intra-op threads, after 3 warm-up calls."""
     import onnxruntime as ort
 
+    from ..export.external_data import check_external_data
+
+    check_external_data(model_file, what=f"--direct: {str(model_file)!r}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
@@ -490,13 +493,22 @@ def direct_runner(model_file: Path, feeds: dict[str, np.ndarray], *, threads: in
 
 
 @contextlib.contextmanager
-def launched(repo: Path, ready_timeout: float = 180.0) -> Iterator[Any]:
-    """The bundled server on ``repo`` for the block (:class:`~.server.TritonServer`)."""
-    from .server import TritonServer
+def launched(repo: Path, ready_timeout: float = 180.0, host: str = "127.0.0.1") -> Iterator[Any]:
+    """The bundled server on ``repo`` for the block (:class:`~.server.TritonServer`), listening
+    on ``host`` (loopback unless the user asks otherwise). Every ONNX file of the repository
+    is checked first: none may name external data outside its version folder.
+
+    Raises:
+        ValueError: ``repo`` is not a folder, ``host`` is not an IPv4 address, or a model's
+            external data may not be read (:func:`~.repo.check_repository`).
+    """
+    from .repo import check_repository
+    from .server import TritonServer, check_host
 
     if not Path(repo).is_dir():
         raise ValueError(f"--launch {str(repo)!r} is not a folder (a model repository from qm-export serve-repo)")
-    srv = TritonServer(Path(repo), ready_timeout=ready_timeout)
+    check_repository(Path(repo))
+    srv = TritonServer(Path(repo), ready_timeout=ready_timeout, host=check_host(host))
     srv.start()
     try:
         yield srv
@@ -516,5 +528,7 @@ def version_file(repo: Path, model: str) -> Path | None:
         return None
     m = re.search(r'key: "onnx_file"\s*value: \{ string_value: ("(?:[^"\\]|\\.)*") \}', config)
     name = json.loads(m.group(1)) if m else "model.onnx"
+    if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+        return None  # not a plain file name in the version folder: nothing outside it is opened
     path = versions[-1] / name
     return path if path.is_file() else None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .config import ServeOptions, model_kind, read_engine_io, read_onnx_io, render_config
 
-__all__ = ["RepoModel", "model_name", "plan_repository", "write_repository"]
+__all__ = ["RepoModel", "check_repository", "model_name", "plan_repository", "write_repository"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _TEMPLATE = Path(__file__).with_name("triton_model.py")
@@ -73,20 +73,20 @@ def _regular_file(path: Path, what: str) -> Path:
 
 
 def _external_data(path: Path) -> tuple[Path, ...]:
-    """The external data files an ONNX model names; each must be a plain name beside it."""
+    """The external data files an ONNX model names; each must be a plain name beside it, a
+    regular file (not a symlink), and hold every tensor's offset and length
+    (:func:`~qm_export.export.external_data.check_model_external_data`)."""
     import onnx
-    from onnx.external_data_helper import _get_all_tensors
+
+    from ..export.external_data import check_model_external_data, external_files
 
     proto = onnx.load(str(path), load_external_data=False)
-    names: list[str] = []
-    for tensor in _get_all_tensors(proto):
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value not in names:
-                names.append(entry.value)
+    check_model_external_data(proto, path.resolve().parent, what=f"MODEL {str(path)!r}")
     out = []
-    for name in names:
+    for name in external_files(proto):
         if os.path.basename(name) != name or name in ("", ".", ".."):
-            raise ValueError(f"MODEL {str(path)!r}: external data {name!r} is not a file beside the model")
+            raise ValueError(f"MODEL {str(path)!r}: external data {name!r} is not a file beside the model "
+                             "(serve-repo copies data files beside the model; only plain file names are accepted)")
         out.append(_regular_file(path.with_name(name), f"MODEL {path.name}'s external data"))
     return tuple(out)
 
@@ -170,3 +170,17 @@ def write_repository(models: Sequence[RepoModel], repo: Path, options: ServeOpti
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return final
+
+
+def check_repository(repo: Path) -> None:
+    """Refuse a repository (``serve-bench --launch``) in which an ONNX file of a version folder
+    (``REPO/<name>/<n>/*.onnx``) names external data outside that folder, missing, or too short.
+
+    Raises:
+        ExternalDataError (a ValueError): names the file, the tensor and the location.
+    """
+    from ..export.external_data import check_external_data
+
+    for path in sorted(Path(repo).glob("*/[0-9]*/*.onnx")):
+        if path.is_file():
+            check_external_data(path, what=f"--launch: {str(path)!r}")

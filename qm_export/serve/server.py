@@ -4,8 +4,9 @@ The wheel (``pip install 'qm-export[serve]'``) ships Triton Inference Server 2.5
 Python backend, and one Python-backend stub per Python version. The stub for the running
 Python must sit next to ``libtriton_python.so``, so the backend folder is copied into a private
 temporary folder with that stub, and the server is started with ``--backend-directory``
-pointing there. The server listens on free loopback ports (127.0.0.1 only), logs to a file in
-that folder, and is stopped by its process id (:meth:`TritonServer.stop`), never by name.
+pointing there. The server listens on free ports of 127.0.0.1 only (HTTP, gRPC and metrics)
+unless it is given another ``host`` (``serve-bench --host``), logs to a file in that folder,
+and is stopped by its process id (:meth:`TritonServer.stop`), never by name.
 
 Models run by the Python stub import ``onnxruntime`` and ``numpy`` from this virtual
 environment: its ``bin`` folder goes first on the server's ``PATH``, where the embedded
@@ -29,7 +30,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ServerUnavailable", "TritonServer", "bundled_server", "free_port", "unavailable_reason"]
+__all__ = ["LOOPBACK", "ServerUnavailable", "TritonServer", "bundled_server", "check_host", "free_port",
+           "unavailable_reason"]
+
+#: Where a launched server listens unless the user names a host.
+LOOPBACK = "127.0.0.1"
 
 INSTALL_HINT = "pip install 'qm-export[serve]' (the nvidia-pytriton wheel ships the tritonserver binary)"
 
@@ -78,10 +83,26 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
+def check_host(host: str) -> str:
+    """``host`` if it is an IPv4 address the server can listen on.
+
+    Raises:
+        ValueError: anything else (names ``--host`` and the value).
+    """
+    import ipaddress
+
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(f"--host {host!r} is not an IPv4 address (e.g. 127.0.0.1, the default, or 0.0.0.0 for "
+                         "every interface)") from None
+    return host
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -94,6 +115,8 @@ class TritonServer:
         ready_timeout: seconds to wait for readiness (:meth:`start`).
         exit_on_error: Triton's ``--exit-on-error``; False keeps the server up when a model fails
             to load (the others are served).
+        host: the address the HTTP, gRPC and metrics endpoints listen on (127.0.0.1: this
+            machine only).
     """
 
     repository: Path
@@ -105,14 +128,20 @@ class TritonServer:
     process: subprocess.Popen | None = None
     workdir: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    host: str = LOOPBACK
+
+    @property
+    def _client_host(self) -> str:
+        """Where this process reaches the server (loopback when it listens on every interface)."""
+        return LOOPBACK if self.host == "0.0.0.0" else self.host
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self._client_host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self._client_host}:{self.grpc_port}"
 
     @property
     def log_path(self) -> Path | None:
@@ -127,9 +156,9 @@ class TritonServer:
 
     def _command(self, backends: Path, server: BundledServer) -> list[str]:
         return [str(server.binary), f"--model-repository={self.repository}", f"--backend-directory={backends}",
-                "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-                "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
-                "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
+                f"--http-address={self.host}", f"--http-port={self.http_port}",
+                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
                 f"--exit-on-error={'true' if self.exit_on_error else 'false'}", "--strict-readiness=false",
                 "--exit-timeout-secs=5", "--allow-cpu-metrics=false", "--allow-gpu-metrics=false", "--log-verbose=0",
                 *self.extra_args]
@@ -147,7 +176,7 @@ class TritonServer:
         backends = self.workdir / "backends"
         shutil.copytree(server.backends, backends, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(server.stub, backends / "python" / "triton_python_backend_stub")
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.http_port, self.grpc_port, self.metrics_port = (free_port(self.host) for _ in range(3))
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(server.libs), env.get("LD_LIBRARY_PATH")) if p)
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))

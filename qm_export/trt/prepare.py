@@ -75,6 +75,7 @@ class PreparedBuild:
 def prepare_build(request: BuildRequest) -> PreparedBuild:
     """Validate ``request`` without TensorRT. Raises ``FileNotFoundError``/``FileExistsError``
     for paths and ``ValueError`` (naming argument and value) for everything else."""
+    from qm_export.export.external_data import check_model_external_data
     from qm_export.export.graph_walk import qm_plugins_used
     from .check.checker import load_onnx
 
@@ -86,6 +87,7 @@ def prepare_build(request: BuildRequest) -> PreparedBuild:
     if engine_path.resolve() == onnx_path.resolve():
         raise ValueError(f"output {str(engine_path)!r} is the input ONNX file")
     model = load_onnx(onnx_path)
+    check_model_external_data(model, onnx_path.resolve().parent, what=f"MODEL {str(onnx_path)!r}")
     check_writable([engine_path, sidecar_path(engine_path)], request.force)
     if request.timing_cache is not None and Path(request.timing_cache).is_dir():
         raise ValueError(f"--timing-cache {str(request.timing_cache)!r} is a directory, not a file")

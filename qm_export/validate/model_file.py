@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..export.external_data import check_model_external_data
 from ..export.provenance import Provenance, ProvenanceError
 from .inputs import Feeds, TensorSpec, model_inputs, random_feeds, source_input_sets
 
@@ -57,6 +58,7 @@ def open_model_file(path: str | os.PathLike[str]) -> ModelFile:
 
     Raises:
         FileNotFoundError: no such file. ValueError: a directory, or neither ONNX nor an engine.
+        ExternalDataError (a ValueError): external data outside MODEL's folder, missing or truncated.
     """
     import onnx
 
@@ -73,6 +75,7 @@ def open_model_file(path: str | os.PathLike[str]) -> ModelFile:
         raise ValueError(f"MODEL {str(p)!r} is not an ONNX model ({type(err).__name__})") from None
     if not model.graph.output:
         raise ValueError(f"MODEL {str(p)!r} is not an ONNX model (no graph outputs)")
+    check_model_external_data(model, os.path.dirname(os.path.abspath(p)), what=f"MODEL {str(p)!r}")
     meta = {prop.key: prop.value for prop in model.metadata_props}
     try:
         provenance = Provenance.from_metadata(meta)

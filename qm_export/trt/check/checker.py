@@ -22,7 +22,8 @@ from ...export.graph_walk import NodeSite, function_key, iter_nodes, node_label
 from ...export.qm_contract import QM_OPS, is_qm_plugin_node
 from .consts import ConstantResolver
 from .findings import CheckReport, Finding
-from .model_rules import dtype_findings, external_data_findings, infer_types, opset_findings
+from .data_rules import external_data_findings
+from .model_rules import dtype_findings, infer_types, opset_findings
 from .plugin_rules import plugin_fate, rule_plugin_contract
 from .node_rules import NODE_RULES, NodeContext
 

@@ -101,8 +101,8 @@ class ConstantResolver:
         for attr in node.attribute:
             if attr.ref_attr_name:
                 return None
-            if attr.name == "value":
-                return numpy_helper.to_array(attr.t)
+            if attr.name == "value":  # never external data: check reads no tensor bytes from files
+                return None if attr.t.data_location == onnx.TensorProto.EXTERNAL else numpy_helper.to_array(attr.t)
             if attr.name == "value_int":
                 return np.array(attr.i, dtype=np.int64)
             if attr.name == "value_ints":

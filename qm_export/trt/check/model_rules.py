@@ -1,9 +1,8 @@
-"""Model-level rules of the TensorRT check: opset range, tensor data types, external data."""
+"""Model-level rules of the TensorRT check: opset range, tensor data types (external data: :mod:`.data_rules`)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 from typing import Iterable
 
 import onnx
@@ -14,11 +13,10 @@ from ...export.graph_walk import function_key
 from .findings import Finding
 from .ops import DTYPE_NAMES, dtype_verdict
 
-__all__ = ["opset_findings", "infer_types", "dtype_findings", "external_data_findings", "MIN_OPSET"]
+__all__ = ["opset_findings", "infer_types", "dtype_findings", "MIN_OPSET"]
 
 #: The parser is documented for opset 9 and later.
 MIN_OPSET = 9
-_TWO_GB = 2**31
 
 
 def opset_findings(opset: int | None, version: TrtVersion) -> list[Finding]:
@@ -170,41 +168,3 @@ _DTYPE_FIX = {
     "DOUBLE": "export in float32 (model.float() before export)",
     "UINT8": "keep UINT8 at the network boundary only; cast to int32/float inside",
 }
-
-
-def external_data_findings(model: onnx.ModelProto, base_dir: Path | None) -> list[Finding]:
-    """Notes on weights stored outside the .onnx file (needed above protobuf's 2 GB limit)."""
-    tensors = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    if not tensors:
-        return []
-    files: dict[str, int] = defaultdict(int)
-    for t in tensors:
-        entries = {e.key: e.value for e in t.external_data}
-        location = entries.get("location", "")
-        files[location] += int(entries["length"]) if entries.get("length", "").isdigit() else 0
-    findings = []
-    missing = [loc for loc in files if base_dir is not None and not (base_dir / loc).is_file()]
-    for loc in missing:
-        findings.append(
-            Finding(
-                "error",
-                "external-data",
-                f"external data file {loc!r} is not beside the model (looked in {str(base_dir)!r})",
-                "keep the .onnx and its data file(s) in the same folder",
-            )
-        )
-    total = sum(files.values())
-    if base_dir is not None:
-        total = max(total, sum((base_dir / loc).stat().st_size for loc in files if loc not in missing))
-    big = total > _TWO_GB
-    findings.append(
-        Finding(
-            "info",
-            "external-data",
-            f"{len(tensors)} initializer(s), {total / 2**30:.2f} GiB, stored in external file(s) "
-            f"{', '.join(map(repr, sorted(files)))}"
-            + (" (over protobuf's 2 GB limit, so external data is required)" if big else ""),
-            "parse from the file path (parse_from_file, as qm-export build does) so TensorRT finds the data files",
-        )
-    )
-    return findings

@@ -71,11 +71,13 @@ def test_unsupported_models():
         apply_quickmerge(roberta, 0.5)
 
 
-def test_causal_models_refuse_global_mode_and_tome():
+def test_causal_models_refuse_global_mode():
+    """Global mode is refused, for ToMe too (its causal-safe variant runs in causal mode:
+    tests/test_hf_generation.py)."""
     with pytest.raises(ValueError, match="causal"):
         apply_quickmerge(make("GPT2LMHeadModel"), {0: 0.5}, mode="global")
-    with pytest.raises(ValueError, match="ToMe"):
-        apply_quickmerge(make("GPT2Model"), {0: 0.5}, method="tome")
+    with pytest.raises(ValueError, match="causal"):
+        apply_quickmerge(make("GPT2Model"), {0: 0.5}, method="tome", mode="global")
 
 
 def test_double_patch_and_double_remove():

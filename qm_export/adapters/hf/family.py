@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Family", "AttendFn"]
+__all__ = ["Family", "AttendFn", "AttendKVFn", "CausalHooks"]
 
 #: ``attend(layer, hidden, bias, want_probs) -> (hidden_after_attention, probs | None, keys)``
 #: with ``hidden`` ``(B, M, D)``, ``bias`` ``(B, 1, 1|M, M)``, ``probs`` ``(B, H, M, M)`` and
@@ -24,6 +24,33 @@ AttendFn = Callable[
     [nn.Module, torch.Tensor, torch.Tensor, bool],
     tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor],
 ]
+
+#: ``attend_kv(layer, hidden, bias, want_probs, pos, past) -> (hidden, probs | None, key, value)``:
+#: ``attend`` that also takes the family's position embedding ``pos`` (RoPE cos/sin, or None)
+#: and an optional cache ``past = (key, value)`` ``(B, H_kv, T, dh)`` the new tokens attend
+#: after (``bias`` then covers ``T + M`` keys); returns the keys and values it attended over
+#: (past ones first), ``(B, H_kv, T + M, dh)``, keys after RoPE.
+AttendKVFn = Callable[..., tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class CausalHooks:
+    """What a causal LM family adds for generation (prefill + decode over a merged cache).
+
+    Attributes:
+        attend_kv: see :data:`AttendKVFn`; the layer loop uses it instead of ``attend``.
+        embed: ``embed(base, input_ids (B, M), positions (B, M)) -> (B, M, D)``.
+        final_norm: ``final_norm(base, hidden) -> hidden`` (the norm before the LM head).
+        geometry: ``geometry(config) -> (kv_heads, head_dim, max_positions)``.
+        position_embed: ``position_embed(base, hidden, positions) -> pos`` for ``attend_kv``
+            (Llama: the model's own rotary embedding's ``(cos, sin)``); None: no such input.
+    """
+
+    attend_kv: AttendKVFn
+    embed: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    final_norm: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    geometry: Callable[[Any], tuple[int, int, int]]
+    position_embed: Callable[[nn.Module, torch.Tensor, torch.Tensor], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +67,7 @@ class Family:
             version) the adapter does not cover.
         attend, feed_forward: the two halves of a layer.
         forward: the replacement ``forward(self, ...)`` of the base model.
+        causal: generation hooks of a causal LM family (:class:`CausalHooks`), else None.
     """
 
     name: str
@@ -51,3 +79,4 @@ class Family:
     attend: AttendFn
     feed_forward: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     forward: Callable[..., Any]
+    causal: CausalHooks | None = None

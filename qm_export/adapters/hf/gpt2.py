@@ -20,7 +20,7 @@ from torch import nn
 
 from .attention import attend
 from .common import finish_output, initial_state, padding_mask, reject_unsupported
-from .family import Family
+from .family import CausalHooks, Family
 from .runner import run_layers
 from ...models.merging import unmerge_to_input
 
@@ -38,14 +38,30 @@ def _check(base: nn.Module) -> None:
         raise ValueError("QuickMerge++ patches GPT-2 without cross-attention; this config has add_cross_attention=True")
 
 
-def _attend(block: nn.Module, h: torch.Tensor, bias: torch.Tensor, want_probs: bool):
+def _attend_kv(block: nn.Module, h: torch.Tensor, bias: torch.Tensor, want_probs: bool, pos: Any = None,
+               past: tuple[torch.Tensor, torch.Tensor] | None = None):
     at = block.attn
     batch, n, _ = h.shape
     q, k, v = at.c_attn(block.ln_1(h)).split(at.split_size, dim=2)
     shape = (batch, n, -1, at.head_dim)
     q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
+    if past is not None:
+        k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
     ctx, probs = attend(q, k, v, bias, at.scaling, at.attn_dropout.p, at.training, want_probs)
-    return at.resid_dropout(at.c_proj(ctx)) + h, probs, k
+    return at.resid_dropout(at.c_proj(ctx)) + h, probs, k, v
+
+
+def _attend(block: nn.Module, h: torch.Tensor, bias: torch.Tensor, want_probs: bool):
+    hidden, probs, k, _ = _attend_kv(block, h, bias, want_probs)
+    return hidden, probs, k
+
+
+def _embed(base: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    return base.drop(base.wte(input_ids) + base.wpe(positions))
+
+
+def _geometry(config: Any) -> tuple[int, int, int]:
+    return int(config.n_head), int(config.n_embd) // int(config.n_head), int(config.n_positions)
 
 
 def _feed_forward(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -124,4 +140,7 @@ GPT2 = Family(
     attend=_attend,
     feed_forward=_feed_forward,
     forward=_forward,
+    causal=CausalHooks(
+        attend_kv=_attend_kv, embed=_embed, final_norm=lambda base, h: base.ln_f(h), geometry=_geometry,
+    ),
 )

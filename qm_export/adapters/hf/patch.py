@@ -20,6 +20,7 @@ from ...models.schedule import EMBED, EMBED_KEY, layer_label, parse_schedule
 from .bert import BERT
 from .family import Family
 from .gpt2 import GPT2
+from .llama import LLAMA
 from .runner import QuickMergePatch
 from .vit import VIT
 
@@ -27,10 +28,10 @@ __all__ = ["apply_quickmerge", "remove_quickmerge", "is_patched", "resolve_base"
 
 SUPPORTED = (
     "BertModel and the BertFor* heads built on it (BERT-family encoders, e.g. all-MiniLM-L6-v2), "
-    "ViTModel, ViTForImageClassification, GPT2Model, GPT2LMHeadModel"
+    "ViTModel, ViTForImageClassification, GPT2Model, GPT2LMHeadModel, LlamaModel, LlamaForCausalLM"
 )
-_FAMILIES: tuple[Family, ...] = (BERT, VIT, GPT2)
-_HEADS = {"vit": ("ViTForImageClassification",), "causal-lm": ("GPT2LMHeadModel",)}
+_FAMILIES: tuple[Family, ...] = (BERT, VIT, GPT2, LLAMA)
+_HEADS = {"vit": ("ViTForImageClassification",), "causal-lm": ("GPT2LMHeadModel", "LlamaForCausalLM")}
 METHODS = ("quickmerge", "tome")
 METRICS = ("keys", "hidden")
 #: ToMe's step: per row, eager (the quality benchmark's) or batched and exportable.
@@ -127,7 +128,7 @@ def apply_quickmerge(
 
     Args:
         model: ``BertModel``/``BertFor*``, ``ViTModel``/``ViTForImageClassification``,
-            ``GPT2Model``/``GPT2LMHeadModel``.
+            ``GPT2Model``/``GPT2LMHeadModel``, ``LlamaModel``/``LlamaForCausalLM``.
         schedule: ``{layer: keep_ratio_or_keep}`` (merge inside that layer, after its
             attention; the key ``"embed"`` merges the embeddings before layer 0, with
             self-similarity saliency), a per-layer list (1.0 = no merge), a single ratio (one
@@ -143,13 +144,15 @@ def apply_quickmerge(
         metric: assignment (matching) features: ``"hidden"`` (the states being merged; the
             default for QuickMerge++, as in the spec) or ``"keys"`` (the layer's attention keys
             averaged over heads; the default for ToMe, as published).
-        method: ``"quickmerge"`` or ``"tome"`` (the ToMe baseline, same layers and reduction).
+        method: ``"quickmerge"`` or ``"tome"`` (the ToMe baseline, same layers and reduction;
+            on a causal LM the causal-safe variant: ToMe's matching, each merged token at its
+            group's largest position, several passes per layer when needed).
         prior: a fitted prior (``.safetensors`` path or module) used in every merge layer, or
             ``{layer: prior}`` (``"embed"`` or -1 for the embed merge; merge layers missing
             from it merge without prior guidance).
         prior_weight: weight of the prior's surprise (default 0.3 with a prior, else 0).
         per_row_keep: each padded row keeps as many tokens as it would alone (default True).
-        context_length: GPT-2 only: merge only the first tokens (a per-call ``context_length``
+        context_length: causal LMs only: merge only the first tokens (a per-call ``context_length``
             keyword of the forward overrides it).
         generator: random source of the Gumbel selection in ``train()`` mode.
         tome_impl: ToMe's step (``method="tome"``): ``"rows"`` (default; eager, a loop over
@@ -198,7 +201,7 @@ def apply_quickmerge(
     if plan.options["prior_weight"] > 0 and not priors:
         raise ValueError(f"prior_weight={prior_weight} needs a prior (prior=None)")
     if method == "tome":
-        if plan.mode != "global":
+        if plan.mode != "global" and family.default_mode != "causal":
             raise ValueError("the ToMe baseline supports mode='global' only")
         if plan.protect not in (0, 1):
             raise ValueError(f"the ToMe baseline supports protect 0 or 1, got {plan.protect}")

@@ -12,9 +12,10 @@ on the merged tokens. It is no scale of a later merge's multi-scale window.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from ...merge.quickmerge import MergeInfo
 from ...merge.tome_export import ToMeInfo, tome_merge
 from ...models.merging import TokenState, unmerge_to_input
 from ...models.schedule import EMBED, MergeSchedule
+from ...models.stack import LayerCache, _layer_cache
 from .attention import attention_bias
 from .family import Family
 from .steps import quickmerge_step, tome_step
@@ -150,7 +152,16 @@ def _merge_step(
     recorder = patch.recorder
     if recorder is not None and layer == EMBED and layer in recorder.capture_layers:
         recorder.inputs.append((layer, hidden, state.mask, state.positions, n_ctx))
-    if patch.method == "tome" and patch.tome_impl == "batched":
+    if patch.method == "tome" and n_ctx is not None:
+        raise ValueError("the ToMe baseline merges the whole sequence; it does not take a context_length")
+    if patch.method == "tome" and config.mode == "causal":
+        # The causal-safe ToMe baseline (generation quality): ToMe's matching, and every merged
+        # token at its group's largest position (tome_merge's rule), so no query sees a member
+        # later than itself; the mode only gates tome_merge's order-blind check.
+        hidden, state, tome_info = tome_merge(hidden, state, config.replace(mode="global"), metric)
+        if recorder is not None:
+            recorder.merges.append((layer, tome_info))
+    elif patch.method == "tome" and patch.tome_impl == "batched":
         hidden, state, tome_info = tome_merge(hidden, state, config, metric)
         if recorder is not None:
             recorder.merges.append((layer, tome_info))
@@ -178,8 +189,15 @@ def run_layers(
     training: bool,
     context_length: int | None = None,
     collect_hidden: bool = False,
+    position_embed: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
+    cache: list[LayerCache] | None = None,
 ) -> tuple[torch.Tensor, TokenState, list[torch.Tensor] | None]:
     """Run ``layers`` on ``hidden`` ``(B, N, D)`` with the merges of ``patch.plan``.
+
+    A causal LM family (``family.causal``) runs ``attend_kv`` with ``position_embed(hidden,
+    state.positions)`` (recomputed after every merge: a merged token's RoPE is at its
+    position); ``cache``, a list, then receives every layer's :class:`LayerCache` (the keys
+    and values its attention saw, zeros on padding, with positions and sizes).
 
     Returns:
         ``(hidden (B, M, D), state, all_hidden)``; ``all_hidden`` (when ``collect_hidden``)
@@ -198,11 +216,19 @@ def run_layers(
             training=training,
         )
         bias = attention_bias(state, causal, hidden.dtype)
+    if cache is not None and family.causal is None:
+        raise ValueError(f"family {family.name!r} has no KV cache to collect")
+    pos = position_embed(hidden, state.positions) if position_embed is not None else None
     all_hidden = [unmerge_to_input(hidden, state)] if collect_hidden else None
     window: list[torch.Tensor] = []
     for i, layer in enumerate(layers):
         in_window = i in patch.window_layers
-        h1, probs, keys = family.attend(layer, hidden, bias, in_window and use_attn)
+        if family.causal is not None:
+            h1, probs, keys, values = family.causal.attend_kv(layer, hidden, bias, in_window and use_attn, pos, None)
+            if cache is not None:
+                cache.append(_layer_cache(keys, values, state))
+        else:
+            h1, probs, keys = family.attend(layer, hidden, bias, in_window and use_attn)
         if in_window:
             window = [*window, probs if use_attn else h1][-plan.scales:]
         if recorder is not None and i in recorder.capture_layers:
@@ -217,6 +243,7 @@ def run_layers(
             )
             window = []
             bias = attention_bias(state, causal, hidden.dtype)
+            pos = position_embed(h1, state.positions) if position_embed is not None else None
         hidden = family.feed_forward(layer, h1)
         if all_hidden is not None:
             all_hidden.append(unmerge_to_input(hidden, state))

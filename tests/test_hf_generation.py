@@ -56,7 +56,7 @@ def greedy(gen: HFGeneration, ids: torch.Tensor, mask: torch.Tensor, steps: int)
             logits, cache = gen.decode(nxt, pos, cache)
             out.append(logits)
             pos = pos + 1
-    return out, torch.cat(tokens, 1), cache
+    return out, torch.cat(tokens, 1) if tokens else ids[:, :0], cache
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
@@ -95,15 +95,9 @@ def test_merged_equals_full_patched_forward(kind, schedule, method):
     logits, tokens, cache = greedy(gen, ids, mask, steps)
     n = ids.shape[1]
     with torch.no_grad():
-        if method == "tome":  # ToMe merges the whole sequence (no context_length): the prompt alone
-            with pytest.raises(ValueError, match="context_length"):
-                model(torch.cat([ids, tokens], 1), context_length=n)
-            full, steps = model(ids).logits, 0
-        else:
-            full = model(torch.cat([ids, tokens], 1), context_length=n).logits
+        full = model(torch.cat([ids, tokens], 1), context_length=n).logits
     for step in range(steps + 1):
         torch.testing.assert_close(logits[step], full[:, n - 1 + step], atol=TOL, rtol=TOL)
-    steps = tokens.shape[1]
     merged_len = cache[-1].key.shape[2] - steps
     assert merged_len < n  # the prompt's cache is merged
     # every prompt token is in exactly one cached token; a merged token sits at its group's
@@ -157,3 +151,24 @@ def test_spec_and_refusals():
         num_hidden_layers=1, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB))
     with pytest.raises(TypeError, match="causal LM"):
         HFGeneration(bert)
+
+
+@pytest.mark.parametrize("method", ["quickmerge", "tome"])
+def test_recent_window_stays_unmerged(method):
+    """``recent=W``: the last W prompt tokens are cached as they are (size 1, own position);
+    the logits are the patched forward's with ``context_length = N - W``."""
+    model = tiny("llama", seed=8)
+    apply_quickmerge(model, "embed:0.5,0:0.5", method=method)
+    ids, mask = prompt(batch=2, n=20, seed=9)
+    mask[:] = 1
+    gen = HFGeneration(model, recent=6)
+    logits, _, cache = greedy(gen, ids, mask, 0)
+    with torch.no_grad():
+        full = model(ids, context_length=14).logits[:, -1]
+    torch.testing.assert_close(logits[0], full, atol=TOL, rtol=TOL)
+    for c in cache:
+        assert torch.equal(c.positions[:, -6:], torch.arange(14, 20).expand(2, 6))
+        assert torch.equal(c.sizes[:, -6:], torch.ones(2, 6))
+    assert cache[1].key.shape[2] == 4 + 6  # 14 -> 7 (embed) -> 4 (layer 0), then the window
+    with pytest.raises(ValueError, match="recent"):
+        HFGeneration(model, recent=-1)

@@ -1,8 +1,9 @@
 """``load_source``: any model source -> a :class:`LoadedModel`, the uniform view export uses.
 
 A source is a recipe name (``"vit-tiny"``), a recipe ``.toml`` path, or anything a registered
-loader accepts (:func:`register_source_loader`). A directory holding a ``config.json`` goes to
-the Hugging Face adapters (``qm_export.adapters.hf.load_hf_source``, imported lazily).
+loader accepts (:func:`register_source_loader`). A directory holding a ``config.json``, a
+``.gguf`` file and a folder of ``.gguf`` files (without ``config.json``) go to the Hugging Face
+adapters (``qm_export.adapters.hf.load_hf_source``, imported lazily).
 """
 
 from __future__ import annotations
@@ -110,6 +111,16 @@ def _is_hf_directory(source: Any) -> bool:
     return isinstance(source, (str, Path)) and Path(source).is_dir() and (Path(source) / "config.json").is_file()
 
 
+def is_gguf_source(source: Any) -> bool:
+    """A ``.gguf`` file, or a folder without ``config.json`` that holds ``.gguf`` files."""
+    if not isinstance(source, (str, Path)):
+        return False
+    path = Path(source)
+    if path.is_file():
+        return path.suffix.lower() == ".gguf"
+    return path.is_dir() and not (path / "config.json").is_file() and any(path.glob("*.gguf"))
+
+
 def _load_hf(source: Any, **options: Any) -> LoadedModel:
     try:
         from ..adapters.hf import load_hf_source  # type: ignore[import-not-found]
@@ -147,8 +158,8 @@ def load_source(
     """Load ``source`` as a :class:`LoadedModel`.
 
     Args:
-        source: recipe name, recipe ``.toml`` path, Hugging Face directory, or a source a
-            registered loader accepts.
+        source: recipe name, recipe ``.toml`` path, Hugging Face directory, GGUF checkpoint
+            (``PATH.gguf`` or a folder holding one), or a source a registered loader accepts.
         schedule: overrides the recipe's merge schedule (any form ``parse_schedule`` takes).
         no_merge: the same model and weights without merge layers (the baseline).
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``: the model is cast before export
@@ -195,12 +206,12 @@ def load_source(
     for predicate, loader in _LOADERS:
         if predicate(source):
             return loader(source, **options)
-    if _is_hf_directory(source):
+    if _is_hf_directory(source) or is_gguf_source(source):
         options["precision"] = precision or "fp32"
         return _load_hf(source, **options)
     if Path(source).is_dir():
-        raise ValueError(f"source {str(source)!r} is a directory without a config.json: neither a Hugging Face "
-                         "model directory nor a recipe (give a recipe name or a .toml file)")
+        raise ValueError(f"source {str(source)!r} is a directory without a config.json or a .gguf file: neither a "
+                         "Hugging Face model directory nor a recipe (give a recipe name or a .toml file)")
     return recipe_source(load_recipe(source), **options)
 
 

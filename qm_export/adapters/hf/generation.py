@@ -43,9 +43,17 @@ class HFGeneration:
         model: the LM-head model (its ``lm_head`` makes the logits).
         dtype: ``spec.dtype`` (default: the model's parameters' dtype).
         eos_token_id: ``spec.eos_token_id`` (default: the config's, if an int).
+        recent: the last ``recent`` prompt tokens are never merged (a recent window: the
+            prompt's first ``N - recent`` tokens merge, as the patched forward's
+            ``context_length``); 0 (default): the whole prompt merges. Exact for left-padded
+            or unpadded prompts (right padding would put padding in the window).
     """
 
-    def __init__(self, model: nn.Module, *, dtype: torch.dtype | None = None, eos_token_id: int | None = None) -> None:
+    def __init__(self, model: nn.Module, *, dtype: torch.dtype | None = None, eos_token_id: int | None = None,
+                 recent: int = 0) -> None:
+        if isinstance(recent, bool) or not isinstance(recent, int) or recent < 0:
+            raise ValueError(f"recent must be an int >= 0, got {recent!r}")
+        self.recent = recent
         base, family = resolve_base(model)
         if family.causal is None or base is model or not isinstance(getattr(model, "lm_head", None), nn.Module):
             raise TypeError(f"HFGeneration needs a causal LM with its head (GPT2LMHeadModel, LlamaForCausalLM), "
@@ -87,6 +95,7 @@ class HFGeneration:
         cache: list[LayerCache] = []
         h, state, _ = run_layers(
             self._patch(), self.layers, h, state, training=False,
+            context_length=max(n - self.recent, 1) if self.recent else None,
             position_embed=self._position_embed if self.hooks.position_embed is not None else None, cache=cache,
         )
         idx = torch.arange(n, device=mask.device).unsqueeze(0)

@@ -29,7 +29,7 @@ from ...models.schedule import EMBED, MergeSchedule
 from ...models.stack import LayerCache, _layer_cache
 from .attention import attention_bias
 from .family import Family
-from .steps import quickmerge_step, tome_step
+from .steps import causal_tome_step, quickmerge_step, tome_step
 
 __all__ = ["QuickMergePatch", "Recorder", "RankPositions", "recording", "run_layers"]
 
@@ -152,13 +152,8 @@ def _merge_step(
     recorder = patch.recorder
     if recorder is not None and layer == EMBED and layer in recorder.capture_layers:
         recorder.inputs.append((layer, hidden, state.mask, state.positions, n_ctx))
-    if patch.method == "tome" and n_ctx is not None:
-        raise ValueError("the ToMe baseline merges the whole sequence; it does not take a context_length")
-    if patch.method == "tome" and config.mode == "causal":
-        # The causal-safe ToMe baseline (generation quality): ToMe's matching, and every merged
-        # token at its group's largest position (tome_merge's rule), so no query sees a member
-        # later than itself; the mode only gates tome_merge's order-blind check.
-        hidden, state, tome_info = tome_merge(hidden, state, config.replace(mode="global"), metric)
+    if patch.method == "tome" and config.mode == "causal":  # the causal-safe baseline (steps.py)
+        hidden, state, tome_info, n_ctx = causal_tome_step(hidden, state, config, metric, n_ctx=n_ctx)
         if recorder is not None:
             recorder.merges.append((layer, tome_info))
     elif patch.method == "tome" and patch.tome_impl == "batched":

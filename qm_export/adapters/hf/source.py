@@ -22,6 +22,7 @@ from ...models.schedule import EMBED, MergeSchedule
 from ...models.source import LoadedModel
 from ...recipes import ExportDefaults, ShapeProfile, Tolerance
 from .patch import METHODS, SUPPORTED, apply_quickmerge, resolve_base
+from .gguf import gguf_file, load_gguf
 from .runner import QuickMergePatch, recording
 
 __all__ = ["load_hf_model", "load_hf_source", "PRECISIONS", "TOLERANCES"]
@@ -36,9 +37,9 @@ TOLERANCES = {
 _ARCHITECTURES = {
     "BertModel", "BertForSequenceClassification", "BertForMaskedLM", "BertForTokenClassification",
     "BertForQuestionAnswering", "BertForMultipleChoice", "BertForPreTraining", "BertForNextSentencePrediction",
-    "ViTModel", "ViTForImageClassification", "GPT2Model", "GPT2LMHeadModel",
+    "ViTModel", "ViTForImageClassification", "GPT2Model", "GPT2LMHeadModel", "LlamaModel", "LlamaForCausalLM",
 }
-_BY_MODEL_TYPE = {"bert": "BertModel", "vit": "ViTModel", "gpt2": "GPT2LMHeadModel"}
+_BY_MODEL_TYPE = {"bert": "BertModel", "vit": "ViTModel", "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 
 
 def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Module, Any]:
@@ -51,6 +52,8 @@ def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Modu
         ``(model in eval mode, tokenizer or None)``.
     """
     path = Path(path)
+    if (gguf := gguf_file(path)) is not None:  # a .gguf file, or a folder's only one (gguf.py)
+        return load_gguf(gguf, precision=precision)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
     if precision not in PRECISIONS:
@@ -353,4 +356,15 @@ def load_hf_source(
         build_shapes=build_shapes, tokens_per_layer=tokens_per_layer,
         sample_inputs=lambda batch=None, seq_len=None, seed=seed: make(batch, seq_len, seed),
         declared_shapes=declared, tokenizer=tokenizer,
+        generation=_generation(model, family, dtype, tokenizer),
     )
+
+
+def _generation(model: nn.Module, family: Any, dtype: torch.dtype, tokenizer: Any) -> Any:
+    """The :class:`~.generation.HFGeneration` of a causal LM with its head (None otherwise)."""
+    if family.causal is None or not hasattr(model, "lm_head"):
+        return None
+    from .generation import HFGeneration
+
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return HFGeneration(model, dtype=dtype, eos_token_id=eos if isinstance(eos, int) else None)

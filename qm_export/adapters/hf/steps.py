@@ -18,9 +18,10 @@ from ...merge import QuickMergeConfig, bipartite_merge, quickmerge
 from ...merge.config import resolve_keep
 from ...merge.quickmerge import MergeInfo
 from ...merge.saliency import PriorFn
+from ...merge.tome_export import ToMeInfo, tome_merge
 from ...models.merging import TokenState
 
-__all__ = ["quickmerge_step", "tome_step"]
+__all__ = ["quickmerge_step", "tome_step", "causal_tome_step"]
 
 
 def quickmerge_step(
@@ -57,17 +58,51 @@ def quickmerge_step(
         sizes=state.sizes[:, :c], positions=state.positions[:, :c], metric=metric[:, :c],
         mask=state.mask[:, :c], prior=prior, training=training, generator=generator,
     )
+    merged, new_state = _append_tail(merged_c, TokenState(info["sizes"], info["positions"], info["mask"], info["assign"]),
+                                     hidden, state, c)
+    return merged, new_state, info, merged_c.shape[1]
+
+
+def _append_tail(
+    merged_c: torch.Tensor, merged_state: TokenState, hidden: torch.Tensor, state: TokenState, c: int
+) -> tuple[torch.Tensor, TokenState]:
+    """The merged context ``merged_c`` ``(B, M_c, D)`` followed by the unmerged tokens
+    ``hidden[:, c:]``; ``merged_state.source`` is the context tokens' ``(B, c)`` assignment."""
     m_c = merged_c.shape[1]
     batch, m = hidden.shape[:2]
     tail = torch.arange(m - c, device=hidden.device).unsqueeze(0).expand(batch, m - c) + m_c
-    assign = torch.cat([info["assign"], tail], 1)
+    assign = torch.cat([merged_state.source, tail], 1)
     new_state = TokenState(
-        torch.cat([info["sizes"], state.sizes[:, c:]], 1),
-        torch.cat([info["positions"], state.positions[:, c:]], 1),
-        torch.cat([info["mask"], state.mask[:, c:]], 1),
+        torch.cat([merged_state.sizes, state.sizes[:, c:]], 1),
+        torch.cat([merged_state.positions, state.positions[:, c:]], 1),
+        torch.cat([merged_state.mask, state.mask[:, c:]], 1),
         torch.gather(assign, 1, state.source),
     )
-    return torch.cat([merged_c, hidden[:, c:]], 1), new_state, info, m_c
+    return torch.cat([merged_c, hidden[:, c:]], 1), new_state
+
+
+def causal_tome_step(
+    hidden: torch.Tensor, state: TokenState, config: QuickMergeConfig, metric: torch.Tensor, *, n_ctx: int | None
+) -> tuple[torch.Tensor, TokenState, ToMeInfo, int | None]:
+    """The causal-safe ToMe baseline: ToMe's bipartite matching (several passes when needed,
+    :func:`~qm_export.merge.tome_export.tome_merge`) with every merged token at its group's
+    largest position, so no query sees a member later than itself; the ``mode`` of ``config``
+    only gates tome_merge's order-blind check. With ``n_ctx`` only the first tokens merge.
+
+    Returns:
+        ``(merged, new_state, info of the merged part, new_n_ctx)``.
+    """
+    config = config.replace(mode="global")
+    if n_ctx is None:
+        merged, new_state, info = tome_merge(hidden, state, config, metric)
+        return merged, new_state, info, None
+    c = n_ctx
+    batch = hidden.shape[0]
+    ident = torch.arange(c, device=hidden.device).unsqueeze(0).expand(batch, c)
+    sub = TokenState(state.sizes[:, :c], state.positions[:, :c], state.mask[:, :c], ident)
+    merged_c, merged_state, info = tome_merge(hidden[:, :c], sub, config, metric[:, :c])
+    merged, new_state = _append_tail(merged_c, merged_state, hidden, state, c)
+    return merged, new_state, info, merged_c.shape[1]
 
 
 def _row_keeps(state: TokenState, config: QuickMergeConfig) -> tuple[int, list[int]]:

@@ -130,6 +130,35 @@ def test_perturbed_embedding_fails_on_selection(vit: Path, tmp_path: Path) -> No
     assert flips and all(f["gap"] is None or f["gap"] > report["near_tie"] for f in flips)
 
 
+def test_every_row_a_near_tie_passes_on_selection_alone_and_says_so(vit: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every row with a near-tie flip (as seen with video-base at fp16/bf16): no value is
+    compared, and the table, the verdict and --json say so. The head weights are perturbed, so
+    a value check would fail: the pass can only come from leaving every row out."""
+    import qm_export.validate.compare as compare
+
+    real = compare.compare_selection
+
+    def every_row_near_tie(records, pairs, near_tie):
+        layers, flips, _ = real(records, pairs, near_tie)
+        rows = layers[0].rows
+        layers[0].seed_flip_rows = layers[0].seed_near_ties = rows
+        return layers, flips, set(range(rows))
+
+    monkeypatch.setattr(compare, "compare_selection", every_row_near_tie)
+    model = _perturb(vit, tmp_path / "head.onnx", "head.weight")
+    result = _invoke(str(model), "--json", "--backends", "ort", "--batch", "2")
+    assert result.exit_code == 0, result.output
+    report = _json(result)
+    assert report["passed"] is True
+    assert report["values_compared"] is False and report["values_not_compared"] == ["ort at 2x3x32x32"]
+    assert report["outputs"] and all(not o["values_compared"] and o["rows_compared"] == 0 and o["rows_excluded"] == 2
+                                     for o in report["outputs"])
+    verdict = result.stderr.strip().splitlines()[-1]
+    assert verdict.startswith("PASSED") and "values not compared for ort at 2x3x32x32: near-tie in every row" in verdict
+    assert "values not compared for ort at 2x3x32x32: every row had a near-tie flip" in " ".join(result.stderr.split())
+
+
 def _first_qm(model: onnx.ModelProto, op: str) -> onnx.NodeProto:
     return next(n for n in model.graph.node if n.domain == "qm" and n.op_type == op)
 

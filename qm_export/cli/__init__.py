@@ -21,6 +21,7 @@ from .build import build
 from .check import check
 from .convert import convert
 from .fit_prior import fit_prior
+from .generate import generate
 from .models import models
 from .profile import profile
 from .run import run
@@ -111,6 +112,7 @@ main.add_command(build)
 main.add_command(fit_prior)
 main.add_command(profile)
 main.add_command(validate)
+main.add_command(generate)
 main.add_command(sweep)
 main.add_command(run)
 main.add_command(serve_repo)

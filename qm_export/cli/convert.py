@@ -13,8 +13,9 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 @click.command()
 @click.argument("source")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="ONNX file to write.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="ONNX file to write (OUT.onnx); for a causal LM, a folder name (no .onnx) writes the generation "
+                   "folder: prefill.onnx, decode.onnx, generation.json (and the tokenizer).")
 @click.option("--merge", "merge_spec", metavar="SCHEDULE", callback=merge_spec_option,
               help="Merge schedule overriding the recipe's: " + MERGE_HELP + " Also a per-layer list '[1,0.5]' "
                    "(1 = no merge in that layer) or one ratio '0.5' (layer 0).")
@@ -102,11 +103,17 @@ def convert(source: str, output: Path, merge_spec: str | None, batch: int | None
         use_reference=use_reference, seed=seed, prior=prior, prior_weight=prior_weight, method=method,
         keep_failed=keep_failed,
     )
+    from ..generation.convert import check_output_folder, run_generation_convert, wants_folder
+
     err = console(stderr=True)
+    folder = wants_folder(output)
     with fail_on():
-        check_output_path(output, force=force, suffix=".onnx", option="-o/--output")  # before any progress line
+        if folder:  # before any progress line
+            check_output_folder(output, force=force)
+        else:
+            check_output_path(output, force=force, suffix=".onnx", option="-o/--output")
         with status(err, f"loading {source}") as say:
-            report = run_convert(options, console=err, progress=say)
+            report = (run_generation_convert if folder else run_convert)(options, console=err, progress=say)
     if not report.passed:
         raise CommandFailed(_failure(report, output), report=report.to_json())
     if as_json:
@@ -116,12 +123,20 @@ def convert(source: str, output: Path, merge_spec: str | None, batch: int | None
         verdict(err, "DONE", f"wrote {output}; not verified (--no-verify)")
         return
     runtimes = sorted({r.backend for r in checked.results})
+    skipped = checked.not_compared()
+    values = f" (values not compared for {', '.join(skipped)}: near-tie in every row)" if skipped else ""
     verdict(err, "PASSED", f"wrote {output}: {' and '.join(runtimes)} match torch on {len(report.shapes_checked)} "
-                           f"input set(s)")
+                           f"input set(s){values}")
 
 
 def _failure(report, output: Path) -> str:  # -> the one-line reason of a failed check
     bad = [r for r in report.verify.results if not r.ok] if report.verify is not None else []
+    gen = report.generation
+    if not bad and gen is not None and not gen["ok"]:
+        what = (f"{gen['bugs']} token(s) differ outside a near-tie" if gen["bugs"]
+                else f"logits beyond tolerance (max |diff| {gen['max_abs']:.2e})")
+        where = f"kept as {report.kept_failed}" if report.kept_failed else "not written (--keep-failed keeps it)"
+        return f"generation check failed: {gen['backend']} over {gen['steps']} steps, {what}; {output.name} {where}"
     if bad:
         first = bad[0]
         shape = "x".join(map(str, next(iter(first.inputs.values()), [])))

@@ -81,8 +81,8 @@ Full schema: docs/profile.md."""
 
 
 @click.command(epilog=_SCHEMA_HELP)
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--baseline", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--baseline", type=click.Path(exists=True, path_type=Path),
               help="The unmerged model (convert --no-merge): timed interleaved with MODEL; speed-up and memory saved.")
 @click.option("--backends", default="ort", show_default=True, callback=_backends,
               help="Comma-separated: ort, torch (the source model, eager), ort-cuda, trt.")
@@ -111,12 +111,20 @@ Full schema: docs/profile.md."""
               help="Write a PNG: p50 latency (whiskers to p90) and memory against batch.")
 @click.option("--force", is_flag=True, help="Overwrite --plot's file if it exists.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs.")
+@click.option("--new-tokens", type=click.IntRange(min=1), default=None,
+              help="Generation folders: tokens generated per run [default: 32].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (tables still on stderr).")
 def profile(model: Path, baseline: Path | None, backends: list[str], batches: list[int], seq_lens: list[int] | None,
             threads: int, runs: int | None, warmup: int, duration: float | None, no_memory: bool, no_breakdown: bool,
             graph_opt: str | None, no_arena: bool, ort_config: dict[str, str], plot: Path | None, force: bool,
-            seed: int, as_json: bool) -> None:
-    """Profile MODEL (an ONNX file): latency, throughput, memory and time per operator.
+            seed: int, new_tokens: int | None, as_json: bool) -> None:
+    """Profile MODEL (an ONNX file, or a causal LM's generation folder): latency, throughput,
+    memory and time per operator.
+
+    A generation folder (convert -o FOLDER) is profiled for generation on ONNX Runtime:
+    time to first token (the prefill), per-token decode latency p50/p95, tokens/s and the KV
+    cache's bytes after the prefill, interleaved with --baseline's folder (--batch, --seq-len
+    as the prompt length, --new-tokens, --runs [default 5], --warmup, --threads, --seed).
 
     Per backend and input shape (--batch x --seq-len), MODEL and --baseline are timed
     interleaved in one loop, order alternating every run: --warmup untimed runs, then
@@ -130,6 +138,17 @@ def profile(model: Path, baseline: Path | None, backends: list[str], batches: li
     0 measured (backends that cannot run here are skipped, with why), 1 a measurement
     failed, 2 bad input, 130 interrupted.
     """
+    from ..generation.folder import is_generation_folder
+
+    if is_generation_folder(model) or (baseline is not None and is_generation_folder(baseline)):
+        _profile_generation(model, baseline, batches, seq_lens, new_tokens, runs, warmup, threads, seed, as_json)
+        return
+    if new_tokens is not None:
+        raise click.UsageError("--new-tokens times generation; MODEL is not a generation folder (convert a causal LM "
+                               "with -o FOLDER)")
+    if model.is_dir():
+        raise click.BadParameter(f"{str(model)!r} is a folder but not a generation folder (no generation.json)",
+                                 param_hint="'MODEL'")
     from ..export.files import OutputPathError, check_output_path
     from ..profile.core import ProfileInputError, profile_models
     from ..profile.ort_session import OrtSettings
@@ -176,3 +195,36 @@ def profile(model: Path, baseline: Path | None, backends: list[str], batches: li
     if as_json:
         emit_json(report.to_json())
     verdict(err, "DONE", f"{counts['ok']} measured, {counts['skipped']} skipped (model x backend x shape)")
+
+
+#: Options of ``profile`` that generation folders take; any other given on the command line is refused.
+_GENERATION_OPTIONS = {"model", "baseline", "batches", "seq_lens", "threads", "runs", "warmup", "seed", "new_tokens",
+                       "as_json"}
+
+
+def _profile_generation(model: Path, baseline: Path | None, batches: list[int], seq_lens: list[int] | None,
+                        new_tokens: int | None, runs: int | None, warmup: int, threads: int, seed: int,
+                        as_json: bool) -> None:
+    from ..generation.folder import is_generation_folder
+    from ..generation.profile import profile_generation, render_generation_profile
+
+    ctx = click.get_current_context()
+    given = [p for p in ctx.command.params if p.name not in _GENERATION_OPTIONS
+             and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"{given[0].opts[-1]} does not apply to a generation folder (profiled on ort: TTFT, "
+                               "decode latency, tokens/s, KV cache)")
+    for path, what in ((model, "MODEL"), (baseline, "--baseline")):
+        if path is not None and not is_generation_folder(path):
+            raise click.BadParameter(f"{str(path)!r} is not a generation folder, and the other one is: compare "
+                                     "generation folders with each other", param_hint=f"'{what}'")
+    err = console(stderr=True)
+    with fail_on():
+        with _progress(err) as progress:
+            report = profile_generation(model, baseline, batches=batches, seq_lens=seq_lens,
+                                        new_tokens=new_tokens or 32, runs=runs or 5, warmup=min(warmup, 2),
+                                        threads=threads or None, seed=seed, progress=progress)
+    render_generation_profile(report, err)
+    if as_json:
+        emit_json(report)
+    verdict(err, "DONE", f"{len(report['results'])} shape(s) measured for generation")

@@ -41,19 +41,24 @@ def _backends(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help="Write the input sets in Polygraphy's --load-inputs JSON format.")
 @click.option("--load-outputs", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Also compare outputs saved by polygraphy run --save-outputs (one runner per backend; use the same --inputs).")
+@click.option("--new-tokens", type=click.IntRange(min=1),
+              help="A generation folder: greedy steps to check [default: 32, fewer when the prompt leaves less context].")
 @click.option("--force", is_flag=True, help="Overwrite --save-outputs/--save-inputs files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def validate(model: Path, source: str | None, backends: list[str] | None, inputs: Path | None, batch: int | None,
              seq_len: int | None, atol: float | None, rtol: float | None, seed: int, threads: int | None,
-             save_outputs: Path | None, save_inputs: Path | None, load_outputs: Path | None, force: bool,
-             as_json: bool) -> None:
-    """Check MODEL (an .onnx file or a TensorRT engine) against its torch source, on every backend.
+             save_outputs: Path | None, save_inputs: Path | None, load_outputs: Path | None, new_tokens: int | None,
+             force: bool, as_json: bool) -> None:
+    """Check MODEL (an .onnx file, a TensorRT engine, or a causal LM's generation folder) against
+    its torch source, on every backend.
 
     Per output: max abs / max rel error and cosine against torch, within the precision's
     tolerance. Per merge layer: seed and assignment flips, each a near-tie (gap at most δ of
     the precision: 1e-4 fp32, 5e-3 fp16, 4e-2 bf16), a consequence of an earlier flip, or a bug.
     A model saved without merge debug outputs is run as its debug twin. Without a source the
-    first backend is the reference and selection must agree exactly. Exits 0 only when
+    first backend is the reference and selection must agree exactly. A generation folder: its
+    prefill as above, then greedy generation over both graphs, teacher-forced on torch's
+    tokens, equal at every step (near-ties counted) with logits within tolerance. Exits 0 only when
     everything passed, 1 when something differs or failed to run, 2 for bad input, 130 when
     interrupted.
     """
@@ -68,7 +73,7 @@ def validate(model: Path, source: str | None, backends: list[str] | None, inputs
     options = ValidateOptions(
         model=model, source=source, backends=backends, inputs=inputs, batch=batch, seq_len=seq_len, atol=atol,
         rtol=rtol, seed=seed, threads=threads, save_outputs=save_outputs, save_inputs=save_inputs,
-        load_outputs=load_outputs, force=force,
+        load_outputs=load_outputs, force=force, new_tokens=new_tokens,
     )
     err = console(stderr=True)
     with fail_on():

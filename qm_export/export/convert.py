@@ -15,11 +15,11 @@ from typing import Any
 
 from .files import OutputPathError, check_output_path, failed_name
 from .onnx_export import ExportedModel, export_onnx, metadata_json
-from .parity import near_tie_for
+from .parity import near_tie_for, not_compared_note
 from .provenance import provenance_of
 from .verify import VerifyReport, verify_export
 
-__all__ = ["ConvertOptions", "ConvertReport", "run_convert", "declared_shapes", "TINY_REFERENCE_LIMIT", "NOT_VERIFIED"]
+__all__ = ["ConvertOptions", "ConvertReport", "run_convert", "load_for_convert", "declared_shapes", "TINY_REFERENCE_LIMIT", "NOT_VERIFIED"]
 
 #: Models with at most this many parameters also run through the ONNX reference evaluator.
 TINY_REFERENCE_LIMIT = 2_000_000
@@ -76,6 +76,10 @@ class ConvertReport:
     #: that failed its check was kept (``--keep-failed``).
     output: str | None = None
     kept_failed: str | None = None
+    #: a causal LM written as a generation folder: its layout and the generation parity
+    #: (:class:`~qm_export.generation.parity.GenerationParity` as JSON).
+    layout: dict[str, Any] | None = None
+    generation: dict[str, Any] | None = None
 
     @property
     def verified(self) -> bool:
@@ -84,8 +88,10 @@ class ConvertReport:
 
     @property
     def passed(self) -> bool:
-        """Nothing failed: verified, or not asked to be (``verify_skipped`` says why)."""
-        return self.verified or (self.verify is None and self.verify_skipped is not None)
+        """Nothing failed: verified, or not asked to be (``verify_skipped`` says why); a
+        generation folder's generation parity passed too."""
+        checked = self.verified or (self.verify is None and self.verify_skipped is not None)
+        return checked and (self.generation is None or bool(self.generation.get("ok")))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -106,6 +112,7 @@ class ConvertReport:
             "parity": None if self.verify is None else self.verify.to_json(),
             "parity_skipped": self.verify_skipped,
             "prior": self.prior,
+            **({"layout": self.layout, "generation": self.generation} if self.layout is not None else {}),
         }
 
 
@@ -198,27 +205,54 @@ def verify_table(verify: VerifyReport) -> Any:
         seeds = sum(layer.seed_flip_rows for layer in r.layers)
         assigns = sum(layer.assign_flips for layer in r.layers)
         near = sum(layer.seed_near_ties + layer.assign_near_ties for layer in r.layers)
-        worst = max(r.outputs, key=lambda o: o.max_abs / max(o.atol, 1e-12), default=None)
+        compared = [o for o in r.outputs if o.values_compared]
+        worst = max(compared, key=lambda o: o.max_abs / max(o.atol, 1e-12), default=None)
+        if r.outputs and worst is None:  # every row left out: the pass rests on selection alone (a note says why)
+            diff, output = "-", "[yellow]not compared[/]"
+        else:
+            diff, output = (f"{worst.max_abs:.1e}", escape(worst.name)) if worst else ("-", "-")
         table.add_row(
-            escape(r.backend),
-            "x".join(map(str, next(iter(r.inputs.values()), []))),
+            escape(r.backend), r.input_label,
             str(seeds), str(assigns), str(near), f"[red]{r.bugs}[/]" if r.bugs else "0",
-            f"{worst.max_abs:.1e}" if worst else "-",
-            escape(worst.name) if worst else "-",
+            diff, output,
             "[green]yes[/]" if r.ok else "[red]NO[/]",
         )
     return table
 
 
 def _print_verify(console: Any, verify: VerifyReport) -> None:
+    from rich.markup import escape
+
     console.print(verify_table(verify))
+    skipped = verify.not_compared()
+    if skipped:
+        console.print(f"[yellow]note:[/] {escape(not_compared_note(skipped))}")
     if verify.saved_matches_debug is not None:
         same = "yes" if verify.saved_matches_debug else "[red]NO[/]"
         console.print(f"the saved model gives the verified model's outputs bit for bit: {same}")
 
 
+def load_for_convert(options: ConvertOptions) -> Any:
+    """Load ``options.source`` as ``convert`` exports it (debug outputs on; ``--static-seq``
+    applied)."""
+    from ..models import load_source
+
+    loaded = load_source(
+        options.source, schedule=options.schedule, no_merge=options.no_merge,
+        precision=options.precision, batch=options.batch, seq_len=options.seq_len,
+        debug_outputs=True, seed=options.seed, method=options.method,
+        **({"prior": options.prior, "prior_weight": options.prior_weight} if options.prior else {}),
+    )
+    if not options.dynamic_seq:
+        if not _has_sequence_axis(loaded.dynamic_shapes):
+            raise ValueError(f"--static-seq: {options.source} ({loaded.family}) has no sequence axis to fix: its "
+                             "token count is set by its input size, and only the batch axis is dynamic")
+        loaded.dynamic_shapes = _static_seq(loaded.dynamic_shapes)
+    return loaded
+
+
 def run_convert(options: ConvertOptions, console: Any = None,
-                progress: Callable[[str], None] | None = None) -> ConvertReport:
+                progress: Callable[[str], None] | None = None, loaded: Any = None) -> ConvertReport:
     """Load ``options.source``, export it under a temporary name in the output folder, print
     what was done, verify parity, and move the model into place only once verified (or at once
     with ``verify=False``, saying that nothing was checked).
@@ -226,7 +260,8 @@ def run_convert(options: ConvertOptions, console: Any = None,
     A failed check returns the report with ``output`` None (the model removed, or kept as
     ``OUT.failed.onnx`` with ``keep_failed``); an exception or ``KeyboardInterrupt`` removes
     (or keeps) it likewise before propagating. ``progress`` is called with each stage
-    (loading, exporting, saving, checking, parity per runtime and shape).
+    (loading, exporting, saving, checking, parity per runtime and shape). ``loaded``: the
+    model already loaded by :func:`load_for_convert` (or a view of it), not loaded again.
 
     Raises:
         OutputPathError: OUT (or, with ``keep_failed``, ``OUT.failed.onnx``) exists without
@@ -240,7 +275,6 @@ def run_convert(options: ConvertOptions, console: Any = None,
 
     from ..backends.onnxruntime import OrtRunner
     from ..backends.reference import ReferenceRunner
-    from ..models import load_source
 
     console = console or Console(stderr=True)
     say = progress or (lambda _msg: None)
@@ -248,18 +282,9 @@ def run_convert(options: ConvertOptions, console: Any = None,
     keep_path = failed_name(output) if options.keep_failed else None
     if keep_path is not None and keep_path.exists() and not options.force:
         raise OutputPathError(f"--keep-failed: {str(keep_path)!r} exists; pass --force to overwrite it")
-    say(f"loading {options.source}")
-    loaded = load_source(
-        options.source, schedule=options.schedule, no_merge=options.no_merge,
-        precision=options.precision, batch=options.batch, seq_len=options.seq_len,
-        debug_outputs=True, seed=options.seed, method=options.method,
-        **({"prior": options.prior, "prior_weight": options.prior_weight} if options.prior else {}),
-    )
-    if not options.dynamic_seq:
-        if not _has_sequence_axis(loaded.dynamic_shapes):
-            raise ValueError(f"--static-seq: {options.source} ({loaded.family}) has no sequence axis to fix: its "
-                             "token count is set by its input size, and only the batch axis is dynamic")
-        loaded.dynamic_shapes = _static_seq(loaded.dynamic_shapes)
+    if loaded is None:
+        say(f"loading {options.source}")
+        loaded = load_for_convert(options)
     precision = loaded.precision
     opset = options.opset
     if opset is None:

@@ -35,6 +35,7 @@ __all__ = [
     "LayerSelection",
     "OutputComparison",
     "ParityResult",
+    "not_compared_note",
     "compare_selection",
     "compare_outputs",
 ]
@@ -43,6 +44,13 @@ NEAR_TIE = 1e-4
 #: The near-tie gap ``δ`` per precision of the layers feeding the merge (spec §3, "Parity").
 NEAR_TIE_BY_PRECISION = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 4e-2}
 DEGENERATE_RANGE = 1e-3
+
+
+def not_compared_note(runs: Sequence[str]) -> str:
+    """The sentence under a parity table naming the runs (``"ort at 2x16"``) whose values were
+    not compared at all."""
+    return (f"values not compared for {', '.join(runs)}: every row had a near-tie flip (or a degenerate "
+            "entropy range), so the check passed on selection alone")
 
 
 def near_tie_for(precision: str | None) -> float:
@@ -88,7 +96,13 @@ class LayerSelection:
 
 @dataclass
 class OutputComparison:
-    """Value agreement of one output over the rows whose selection agreed."""
+    """Value agreement of one output over the rows whose selection agreed.
+
+    ``rows_compared``: the batch rows whose values were compared (None for an output that is
+    not batch-major, compared whole); ``values_compared`` is False when every row was left out
+    (a near-tie flip or a degenerate row in each): then ``ok`` rests on selection alone, and
+    ``max_abs``/``max_rel``/``cosine`` are placeholders, not measurements.
+    """
 
     name: str
     shape: list[int]
@@ -100,6 +114,8 @@ class OutputComparison:
     rows_excluded: int
     ok: bool
     detail: str = ""
+    rows_compared: int | None = None
+    values_compared: bool = True
 
 
 @dataclass
@@ -120,10 +136,22 @@ class ParityResult:
     def ok(self) -> bool:
         return self.bugs == 0 and all(o.ok for o in self.outputs)
 
+    @property
+    def input_label(self) -> str:
+        """The input shape as ``BxS`` (the first input's)."""
+        return "x".join(map(str, next(iter(self.inputs.values()), [])))
+
+    @property
+    def values_compared(self) -> bool:
+        """Whether any output's values were compared; False when every row was left out (a
+        near-tie flip or a degenerate row in each), so ``ok`` rests on selection alone."""
+        return any(o.values_compared for o in self.outputs)
+
     def to_json(self) -> dict:
         data = asdict(self)
         data["ok"] = self.ok
         data["bugs"] = self.bugs
+        data["values_compared"] = self.values_compared
         return data
 
 
@@ -246,7 +274,8 @@ def compare_outputs(
 ) -> list[OutputComparison]:
     """Compare outputs by name; float outputs within ``|d| <= atol + rtol |t|``, others exactly.
 
-    Rows in ``exclude_rows`` (batch-major outputs only) are left out and counted.
+    Rows in ``exclude_rows`` (batch-major outputs only) are left out and counted; each result
+    says how many rows were compared, and ``values_compared=False`` when none was left.
     """
     results = []
     for name, t in torch_outputs.items():
@@ -260,18 +289,24 @@ def compare_outputs(
                                             f"shape {list(o.shape)} != torch {list(t.shape)}"))
             continue
         excluded = 0
-        if exclude_rows and batch is not None and t.ndim > 0 and t.shape[0] == batch:
-            keep = np.array([r not in exclude_rows for r in range(batch)])
+        compared: int | None = None
+        if batch is not None and t.ndim > 0 and t.shape[0] == batch:
+            keep = np.array([r not in exclude_rows for r in range(batch)], dtype=bool)
             excluded = int((~keep).sum())
+            compared = batch - excluded
             t, o = t[keep], o[keep]
         if t.size == 0:
-            results.append(OutputComparison(name, list(np.asarray(torch_outputs[name]).shape), 0.0, 0.0, 1.0, atol, rtol, excluded, True))
+            # nothing left to compare: every row excluded (or an empty output); say so, not "0 diff".
+            none_left = compared == 0 and excluded > 0
+            results.append(OutputComparison(name, list(np.asarray(torch_outputs[name]).shape), 0.0, 0.0, 1.0, atol, rtol,
+                                            excluded, True, "not compared: every row left out" if none_left else "",
+                                            compared, not none_left))
             continue
         if not np.issubdtype(t.dtype, np.floating):
             same = bool(np.array_equal(t, o))
             diff = float(np.abs(t.astype(np.float64) - o.astype(np.float64)).max())
             results.append(OutputComparison(name, list(np.asarray(torch_outputs[name]).shape), diff, diff if not same else 0.0,
-                                            1.0 if same else 0.0, 0.0, 0.0, excluded, same))
+                                            1.0 if same else 0.0, 0.0, 0.0, excluded, same, "", compared))
             continue
         t64, o64 = t.astype(np.float64), o.astype(np.float64)
         d = np.abs(t64 - o64)
@@ -283,5 +318,5 @@ def compare_outputs(
         cosine = float((t64 * o64).sum() / denom) if denom > 0 else float(np.array_equal(t64, o64))
         ok = finite and bool((d <= atol + rtol * np.abs(t64)).all())
         results.append(OutputComparison(name, list(np.asarray(torch_outputs[name]).shape), max_abs, max_rel, cosine,
-                                        atol, rtol, excluded, ok))
+                                        atol, rtol, excluded, ok, "", compared))
     return results

@@ -48,10 +48,17 @@ class VerifyReport:
                 "consequence_flips", "degenerate_rows", "bugs")
         return {k: sum(getattr(layer, k) for r in self.results for layer in r.layers) for k in keys}
 
+    def not_compared(self) -> list[str]:
+        """``"runtime at BxS"`` for each run whose values were not compared at all (every row
+        left out for a near-tie flip or a degenerate row: it passed on selection alone)."""
+        return [f"{r.backend} at {r.input_label}" for r in self.results if not r.values_compared]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "near_tie": self.near_tie,
+            "values_compared": not self.not_compared(),
+            "values_not_compared": self.not_compared(),
             "saved_matches_debug": self.saved_matches_debug,
             "totals": self.counts(),
             "results": [r.to_json() for r in self.results],

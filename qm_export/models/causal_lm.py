@@ -40,7 +40,7 @@ class CausalLMConfig(EncoderConfig):
 
 
 SIZES = {
-    "tiny": CausalLMConfig(vocab_size=1000, max_positions=64, dim=32, depth=3, heads=4),
+    "tiny": CausalLMConfig(vocab_size=1000, max_positions=128, dim=32, depth=3, heads=4),  # room for 64 new tokens
     "small": CausalLMConfig(dim=512, depth=6, heads=8),
     "base": CausalLMConfig(dim=768, depth=12, heads=12),  # GPT-2 small (124M)
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..export.parity import Flip, ParityResult
+from ..export.parity import Flip, ParityResult, not_compared_note
 from ..models.schedule import layer_label
 
 __all__ = ["BackendStatus", "ValidateReport", "render_report", "MAX_FLIP_LINES"]
@@ -49,6 +49,8 @@ class ValidateReport:
     twin_matches_model: bool | None = None
     input_sets: list[dict[str, list[int]]] = field(default_factory=list)
     merge_layers: list[int] = field(default_factory=list)
+    #: a generation folder's generation parity (:func:`qm_export.generation.validate.summarise`).
+    generation: dict[str, Any] | None = None
 
     def layer_of(self, merge: int) -> int | None:
         """The model layer of merge ``merge`` (None when unknown)."""
@@ -66,12 +68,26 @@ class ValidateReport:
             return False
         if not self.results:
             return False
+        if self.generation is not None and not self.generation["ok"]:
+            return False
         return all(r.ok for r in self.results) and self.twin_matches_model is not False
+
+    def not_compared(self) -> list[str]:
+        """``"backend at BxS"`` for each run whose values were not compared at all (every row
+        left out for a near-tie flip or a degenerate row: it passed on selection alone)."""
+        return [f"{r.backend} at {r.input_label}" for r in self.results if not r.values_compared]
 
     def verdict(self) -> str:
         if self.passed:
             n = len(self.ran)
-            return f"PASSED: {n} backend{'s' if n != 1 else ''} match {self.reference} on {len(self.input_sets)} input set(s)"
+            skipped = self.not_compared()
+            values = f" (values not compared for {', '.join(skipped)}: near-tie in every row)" if skipped else ""
+            gen = self.generation
+            also = "" if gen is None else (
+                f"; greedy generation identical for {gen['steps']} steps on {', '.join(gen['backends'])}"
+                if gen["identical"] else f"; generation equal but for {gen['near_ties']} near-tie step(s)")
+            return (f"PASSED: {n} backend{'s' if n != 1 else ''} match {self.reference} on {len(self.input_sets)} "
+                    f"input set(s){values}{also}")
         failed = [n for n, b in self.backends.items() if b.status == "failed"]
         bad = sorted({r.backend for r in self.results if not r.ok})
         if not self.results and not failed:
@@ -85,6 +101,10 @@ class ValidateReport:
             parts.append(f"{', '.join(bad)} differ from {self.reference}")
         if self.twin_matches_model is False:
             parts.append("the debug twin's outputs differ from the model's")
+        gen = self.generation
+        if gen is not None and not gen["ok"]:
+            parts.append(f"generation differs from torch over {gen['steps']} steps ({gen['bugs']} token(s) outside a "
+                         "near-tie)" if gen["backends"] else "generation: no runtime ran")
         return "FAILED: " + "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -96,7 +116,8 @@ class ValidateReport:
             for o in r.outputs:
                 outputs.append({"name": o.name, "backend": r.backend, "input": shape, "shape": o.shape,
                                 "max_abs": o.max_abs, "max_rel": o.max_rel, "cosine": o.cosine, "atol": o.atol,
-                                "rtol": o.rtol, "rows_excluded": o.rows_excluded, "passed": o.ok, "detail": o.detail})
+                                "rtol": o.rtol, "rows_excluded": o.rows_excluded, "rows_compared": o.rows_compared,
+                                "values_compared": o.values_compared, "passed": o.ok, "detail": o.detail})
             for layer in r.layers:
                 selection.append({
                     "layer": self.layer_of(layer.layer), "merge": layer.layer, "backend": r.backend, "input": shape, "rows": layer.rows,
@@ -116,6 +137,8 @@ class ValidateReport:
             "near_tie": self.near_tie,
             "atol": self.atol,
             "rtol": self.rtol,
+            "values_compared": not self.not_compared(),
+            "values_not_compared": self.not_compared(),
             "backends": {n: {"status": b.status, "why": b.why, "selection_checked": b.selection_checked}
                          for n, b in self.backends.items()},
             "input_sets": self.input_sets,
@@ -124,6 +147,7 @@ class ValidateReport:
             "flips": flips,
             "twin_matches_model": self.twin_matches_model,
             "notes": self.notes,
+            **({"generation": self.generation} if self.generation is not None else {}),
         }
 
 
@@ -157,9 +181,15 @@ def render_report(report: ValidateReport, console: Any) -> None:
             for o in r.outputs:
                 ok = "[green]yes[/]" if o.ok else f"[red]NO[/] {escape(o.detail)}"
                 excluded = f" ({o.rows_excluded} rows out)" if o.rows_excluded else ""
+                if not o.values_compared:  # every row left out: no number to show (the note says why)
+                    values.add_row(r.backend, shape, escape(o.name), "[yellow]not compared[/]", "-", "-",
+                                   ok + excluded)
+                    continue
                 values.add_row(r.backend, shape, escape(o.name), f"{o.max_abs:.2e}", f"{o.max_rel:.2e}",
                                f"{o.cosine:.6f}", ok + excluded)
         console.print(values)
+        if report.not_compared():
+            console.print(f"[yellow]note:[/] {escape(not_compared_note(report.not_compared()))}")
         sel = Table(title="selection per merge layer (flips: near-tie / consequence / bug)", title_justify="left")
         for col in ("backend", "input", "layer", "seed", "assign", "near-tie", "conseq.", "bugs"):
             sel.add_column(col, no_wrap=col == "backend")
@@ -187,6 +217,13 @@ def render_report(report: ValidateReport, console: Any) -> None:
     if report.twin_matches_model is not None:
         same = "[green]yes[/]" if report.twin_matches_model else "[red]NO[/]"
         console.print(f"the model's own outputs equal its debug twin's bit for bit (ort): {same}")
+    if report.generation is not None:
+        from ..generation.render import generation_table
+
+        for parity in report.generation["backends"].values():
+            console.print(generation_table(parity))
+        for name, why in report.generation["skipped"].items():
+            console.print(f"[yellow]generation on {name} skipped:[/] {escape(why)}")
     for note in report.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     color = "green" if report.passed else "red"

@@ -63,6 +63,9 @@ class ValidateOptions:
     save_inputs: Path | None = None
     load_outputs: Path | None = None
     force: bool = False
+    #: a generation folder: greedy steps checked (default :data:`GENERATION_STEPS`, fewer when
+    #: the prompt leaves less context).
+    new_tokens: int | None = None
 
 
 class ReplayRunner:
@@ -227,6 +230,29 @@ def _check_source_inputs(loaded: Any, mf: ModelFile, source: str | None) -> None
         raise ValueError(f"{where} takes inputs {got}, but the model takes {want}: it is not this model's source")
 
 
+#: Greedy steps ``validate`` checks on a generation folder by default.
+GENERATION_STEPS = 32
+
+
+def _generation(folder: Any, loaded: Any, input_sets: list[Feeds], options: ValidateOptions, report: ValidateReport,
+                names: list[str], say: Callable[[str], None]) -> dict[str, Any] | None:
+    """Generation parity over the folder's two graphs from the first input set's prompt."""
+    from ..generation.loop import check_prompt
+    from ..generation.validate import validate_generation
+
+    if loaded is None or getattr(loaded, "generation", None) is None:
+        report.notes.append("generation is not checked: there is no torch source to generate the reference with")
+        return None
+    feeds = input_sets[0]
+    prompt = (feeds["input_ids"], feeds["attention_mask"])
+    real = int(np.asarray(prompt[1]).sum(1).max())
+    room = folder.spec.max_positions - real
+    steps = options.new_tokens if options.new_tokens is not None else min(GENERATION_STEPS, room)
+    check_prompt(folder.spec, *prompt, steps)  # --new-tokens beyond the context: a clear error
+    return validate_generation(folder, loaded, prompt, steps=steps, atol=report.atol, rtol=report.rtol,
+                               backends=names, threads=options.threads, progress=say)
+
+
 def validate_model(options: ValidateOptions, progress: Callable[[str], None] | None = None) -> ValidateReport:
     """Run ``validate``; see the module docstring.
 
@@ -238,7 +264,13 @@ def validate_model(options: ValidateOptions, progress: Callable[[str], None] | N
     for path in (options.save_outputs, options.save_inputs):
         if path is not None:
             check_output_path(path, force=options.force, suffix=".json")
-    mf = open_model_file(options.model)
+    from ..generation.folder import is_generation_folder, read_generation_folder
+
+    folder = read_generation_folder(options.model) if is_generation_folder(options.model) else None
+    if options.new_tokens is not None and folder is None:
+        raise ValueError(f"--new-tokens checks generation; {str(options.model)!r} is not a generation folder "
+                         "(convert a causal LM with -o FOLDER)")
+    mf = open_model_file(folder.prefill if folder is not None else options.model)
     explicit = options.backends is not None
     names = list(options.backends) if explicit else [b for b in DEFAULT_BACKENDS if mf.kind == "onnx" or b == "trt"]
     for name in names:
@@ -329,6 +361,8 @@ def validate_model(options: ValidateOptions, progress: Callable[[str], None] | N
             first = comp.outputs["ort"][0]
             report.twin_matches_model = all(k in first and np.array_equal(v, first[k], equal_nan=True)
                                             for k, v in plain.items())
+    if folder is not None:
+        report.generation = _generation(folder, loaded, input_sets, options, report, names, say)
     if options.save_outputs is not None:
         from ..backends.run_results import save_run_results
 

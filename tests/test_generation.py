@@ -285,3 +285,37 @@ def test_trt_generation_skips_here_with_the_reason(folders):
     if why is None:
         pytest.skip("TensorRT and a GPU are present: the GPU check script runs TensorRT generation")
     assert "TensorRT" in why or "CUDA" in why or "engine" in why
+
+
+# -- Hugging Face causal LMs (GPT-2, Llama) through the same two graphs ------------------------
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_hugging_face_causal_lms_convert_to_folders_that_generate_like_torch(family, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if family == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100,
+                                                                     n_positions=128))
+    else:  # grouped-query attention: 4 heads share 2 key/value heads
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=100, max_position_embeddings=128))
+    model.save_pretrained(tmp_path / "src")
+    out = tmp_path / "out"
+    r = cli("convert", tmp_path / "src", "-o", out, "--json", "--no-reference")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["generation"]["identical"] and report["selection_compared"]
+    folder = read_generation_folder(out)
+    assert folder.spec.kv_heads == (2 if family == "llama" else 4)
+    loaded = load_source(str(tmp_path / "src"))
+    ids = np.random.default_rng(3).integers(0, 100, size=(2, 20))
+    mask = np.ones_like(ids)
+    mask[1, :4] = 0  # left padding
+    parity = compare_generation(TorchGeneration(loaded.generation), OrtGeneration(folder), ids, mask, steps=64,
+                                atol=1e-4)
+    assert parity.identical and parity.values_ok, parity.to_json()
+    v = cli("validate", out, "--backends", "ort", "--json")
+    assert v.exit_code == 0, v.output
+    checked = json.loads(v.stdout)
+    assert checked["selection"] and checked["generation"]["identical"]  # the prefill's merges are compared too

@@ -125,6 +125,10 @@ def convert(source: str, output: Path, merge_spec: str | None, batch: int | None
     runtimes = sorted({r.backend for r in checked.results})
     skipped = checked.not_compared()
     values = f" (values not compared for {', '.join(skipped)}: near-tie in every row)" if skipped else ""
+    gen = report.generation
+    if gen is not None:
+        values += (f"; greedy generation identical for {gen['steps']} steps" if gen["identical"]
+                   else f"; generation equal but for {gen['near_ties']} near-tie step(s) in {gen['steps']}")
     verdict(err, "PASSED", f"wrote {output}: {' and '.join(runtimes)} match torch on {len(report.shapes_checked)} "
                            f"input set(s){values}")
 

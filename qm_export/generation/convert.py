@@ -28,8 +28,7 @@ from typing import Any
 
 from ..export.convert import ConvertOptions, ConvertReport, load_for_convert, run_convert
 from ..export.files import OutputPathError, user_mode
-from .contract import present_names
-from .export import decode_view, prefill_view
+from .export import as_prefill, decode_view
 from .folder import MANIFEST, is_generation_folder, manifest_json, read_generation_folder, upcast_folder
 
 __all__ = ["GENERATION_STEPS", "check_output_folder", "run_generation_convert", "wants_folder"]
@@ -63,17 +62,6 @@ def check_output_folder(path: str | os.PathLike[str], *, force: bool, option: st
     if not os.access(parent, os.W_OK):
         raise OutputPathError(f"{option}: output folder {str(parent)!r} is not writable")
     return out.resolve()
-
-
-def _as_prefill(loaded: Any) -> Any:
-    """``loaded`` exporting the prefill graph: the recipes' export module already is (logits,
-    then ``present.*``, then debug merge outputs); other sources get the contract's prefill."""
-    gen = loaded.generation
-    names = ("logits", *present_names(gen.spec.depth))
-    if tuple(loaded.output_names[:len(names)]) == names:
-        return loaded
-    view = prefill_view(gen, tuple(loaded.trace_inputs))
-    return dataclasses.replace(loaded, export_module=view.export_module, output_names=view.output_names)
 
 
 def _commit(stage: Path, out: Path, force: bool) -> None:
@@ -152,7 +140,7 @@ def run_generation_convert(options: ConvertOptions, console: Any = None,
     report: ConvertReport | None = None
     try:
         inner = dataclasses.replace(options, output=stage / "prefill.onnx", force=False, keep_failed=False)
-        report = run_convert(inner, console, say, loaded=_as_prefill(loaded))
+        report = run_convert(inner, console, say, loaded=as_prefill(loaded))
         if report.passed:
             say("exporting the decode graph")
             from ..export.onnx_export import export_onnx

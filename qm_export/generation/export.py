@@ -21,7 +21,7 @@ from torch import nn
 
 from .contract import CACHE_FIELDS, GenerationModel, first_positions, flatten_cache, past_names, present_names, unflatten_cache
 
-__all__ = ["GraphView", "prefill_view", "decode_view", "example_cache", "pad_cache", "distinct_lengths"]
+__all__ = ["GraphView", "as_prefill", "prefill_view", "decode_view", "example_cache", "pad_cache", "distinct_lengths"]
 
 
 @dataclass
@@ -39,15 +39,34 @@ class GraphView:
         return self.trace_inputs
 
 
+def _merge_recorder(gen: GenerationModel) -> Any:
+    """``() -> context manager yielding a Recorder`` for a patched Hugging Face model's
+    QuickMerge++ merges (their ``assign``/``seeds`` become debug outputs); None otherwise."""
+    patch = getattr(getattr(gen, "base", None), "quickmerge", None)
+    if patch is None:
+        return None
+    from ..adapters.hf.runner import QuickMergePatch, recording
+
+    if not isinstance(patch, QuickMergePatch) or patch.method != "quickmerge":
+        return None
+    return lambda: recording(patch)
+
+
 class _Prefill(nn.Module):
-    def __init__(self, gen: GenerationModel) -> None:
+    def __init__(self, gen: GenerationModel, debug: bool = False) -> None:
         super().__init__()
         self.gen = gen
         self.model = getattr(gen, "model", None)  # registers the weights as a submodule
+        self._recorder = _merge_recorder(gen) if debug else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits, cache = self.gen.prefill(input_ids, attention_mask)
-        return (logits, *flatten_cache(cache))
+        if self._recorder is None:
+            logits, cache = self.gen.prefill(input_ids, attention_mask)
+            return (logits, *flatten_cache(cache))
+        with self._recorder() as recorder:
+            logits, cache = self.gen.prefill(input_ids, attention_mask)
+        debug = [t for _, info in recorder.merges for t in (info["assign"], info["seeds"])]
+        return (logits, *flatten_cache(cache), *debug)
 
 
 class _DecodeBase(nn.Module):
@@ -83,14 +102,37 @@ def _prompt_pair(gen: GenerationModel, batch: int, seq_len: int, seed: int) -> t
     return ids, torch.ones(batch, seq_len, dtype=torch.int64)
 
 
-def prefill_view(gen: GenerationModel, prompt: tuple[torch.Tensor, torch.Tensor]) -> GraphView:
-    """The prefill graph, traced on ``prompt`` (ids, mask ``(B >= 2, N >= 2)``)."""
+def prefill_view(gen: GenerationModel, prompt: tuple[torch.Tensor, torch.Tensor],
+                 debug_names: tuple[str, ...] = ()) -> GraphView:
+    """The prefill graph, traced on ``prompt`` (ids, mask ``(B >= 2, N >= 2)``); with
+    ``debug_names`` (``merge{i}_assign``/``_seeds`` of each merge) the merges' selection too."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("sequence", min=2, max=gen.spec.max_positions)
+    module = _Prefill(gen, debug=bool(debug_names)).eval()
+    if debug_names and module._recorder is None:
+        debug_names = ()
     return GraphView(
-        _Prefill(gen).eval(), ("input_ids", "attention_mask"), ("logits", *present_names(gen.spec.depth)),
+        module, ("input_ids", "attention_mask"), ("logits", *present_names(gen.spec.depth), *debug_names),
         prompt, ({0: batch, 1: seq}, {0: batch, 1: seq}),
     )
+
+
+def as_prefill(loaded: Any) -> Any:
+    """``loaded`` (a :class:`~qm_export.models.LoadedModel` of a causal LM) exporting the prefill
+    graph: the recipes' export module already does (logits, ``present.*``, debug merge
+    outputs); other sources (Hugging Face, GGUF) get the contract's prefill, their merges'
+    selection recorded as debug outputs when ``loaded`` has them."""
+    import dataclasses
+
+    from ..export.onnx_export import is_debug_output
+
+    gen = loaded.generation
+    names = ("logits", *present_names(gen.spec.depth))
+    if tuple(loaded.output_names[:len(names)]) == names:
+        return loaded
+    debug = tuple(n for n in loaded.output_names if is_debug_output(n))
+    view = prefill_view(gen, tuple(loaded.trace_inputs), debug)
+    return dataclasses.replace(loaded, export_module=view.export_module, output_names=view.output_names)
 
 
 def example_cache(gen: GenerationModel, batch: int = 2, seq_len: int = 8, seed: int = 0

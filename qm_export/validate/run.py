@@ -287,6 +287,10 @@ def validate_model(options: ValidateOptions, progress: Callable[[str], None] | N
     if options.source is not None or mf.provenance is not None:
         say("loading the torch reference")
         loaded, reference_note = load_reference(mf, options.source, debug_outputs=True)
+        if folder is not None and getattr(loaded, "generation", None) is not None:
+            from ..generation.export import as_prefill
+
+            loaded = as_prefill(loaded)  # the folder's prefill graph: next-token logits and the cache
         _check_source_inputs(loaded, mf, options.source)
     precision = _precision(mf, loaded)
     report = ValidateReport(

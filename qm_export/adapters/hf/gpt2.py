@@ -78,6 +78,35 @@ def _context_length(value: Any, n: int) -> int | None:
     return None if value == n else value
 
 
+def run_causal(
+    base: nn.Module,
+    layers: Sequence[nn.Module],
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor,
+    context_length: int | None,
+    output_hidden_states: bool | None,
+    final_norm: nn.Module,
+    position_embed: Any = None,
+) -> dict[str, Any]:
+    """A causal LM's patched layer loop (GPT-2, Llama): the token state from the mask and
+    positions, the context length (the call's, else the patch's), :func:`run_layers`, then
+    ``final_norm``; returns the output fields ``last_hidden_state`` (unmerged to ``(B, N, D)``)
+    and ``hidden_states``."""
+    batch, n = hidden.shape[:2]
+    mask = padding_mask(attention_mask, batch, n, hidden.device)
+    state = initial_state(batch, n, hidden.device, mask, position_ids)
+    patch = base.quickmerge
+    ctx = _context_length(context_length if context_length is not None else patch.context_length, n)
+    collect = bool(output_hidden_states if output_hidden_states is not None else base.config.output_hidden_states)
+    hidden, state, all_hidden = run_layers(
+        patch, layers, hidden, state, training=base.training, context_length=ctx, collect_hidden=collect,
+        position_embed=position_embed,
+    )
+    return {"last_hidden_state": unmerge_to_input(final_norm(hidden), state),
+            "hidden_states": tuple(all_hidden) if all_hidden is not None else None}
+
+
 def _forward(
     self: nn.Module,
     input_ids: torch.Tensor | None = None,
@@ -115,19 +144,10 @@ def _forward(
     if token_type_ids is not None:
         hidden = hidden + self.wte(token_type_ids)
     hidden = self.drop(hidden)
-    mask = padding_mask(attention_mask, batch, n, hidden.device)
-    state = initial_state(batch, n, hidden.device, mask, position_ids)
-    patch = self.quickmerge
-    ctx = _context_length(context_length if context_length is not None else patch.context_length, n)
-    collect = bool(output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
-    hidden, state, all_hidden = run_layers(
-        patch, _layers(self), hidden, state, training=self.training, context_length=ctx, collect_hidden=collect,
+    out = run_causal(
+        self, _layers(self), hidden, attention_mask, position_ids, context_length, output_hidden_states, self.ln_f,
     )
-    out = BaseModelOutputWithPastAndCrossAttentions(
-        last_hidden_state=unmerge_to_input(self.ln_f(hidden), state),
-        hidden_states=tuple(all_hidden) if all_hidden is not None else None,
-    )
-    return finish_output(out, return_dict)
+    return finish_output(BaseModelOutputWithPastAndCrossAttentions(**out), return_dict)
 
 
 GPT2 = Family(

@@ -23,11 +23,9 @@ import torch
 from torch import nn
 
 from .attention import attend
-from .common import finish_output, initial_state, padding_mask, reject_unsupported
+from .common import finish_output, reject_unsupported
 from .family import CausalHooks, Family
-from .gpt2 import _context_length
-from .runner import run_layers
-from ...models.merging import unmerge_to_input
+from .gpt2 import run_causal
 
 __all__ = ["LLAMA", "UNSUPPORTED_ROPE"]
 
@@ -147,23 +145,13 @@ def _forward(
         raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
     if inputs_embeds is None:
         inputs_embeds = self.embed_tokens(input_ids)
-    batch, n = inputs_embeds.shape[:2]
     if position_ids is None:
-        position_ids = torch.arange(n, device=inputs_embeds.device).unsqueeze(0)
-    mask = padding_mask(attention_mask, batch, n, inputs_embeds.device)
-    state = initial_state(batch, n, inputs_embeds.device, mask, position_ids)
-    patch = self.quickmerge
-    ctx = _context_length(context_length if context_length is not None else patch.context_length, n)
-    collect = bool(output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
-    hidden, state, all_hidden = run_layers(
-        patch, _layers(self), inputs_embeds, state, training=self.training, context_length=ctx,
-        collect_hidden=collect, position_embed=lambda h, pos: _position_embed(self, h, pos),
+        position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
+    out = run_causal(
+        self, _layers(self), inputs_embeds, attention_mask, position_ids, context_length, output_hidden_states,
+        self.norm, position_embed=lambda h, pos: _position_embed(self, h, pos),
     )
-    out = BaseModelOutputWithPast(
-        last_hidden_state=unmerge_to_input(self.norm(hidden), state),
-        hidden_states=tuple(all_hidden) if all_hidden is not None else None,
-    )
-    return finish_output(out, return_dict)
+    return finish_output(BaseModelOutputWithPast(**out), return_dict)
 
 
 LLAMA = Family(

@@ -52,7 +52,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
     no_weights = folder / "hf-no-weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_text((good / "config.json").read_text())
+    badgen = folder / "badgen"  # a generation folder whose manifest is of another format
+    badgen.mkdir()
+    (badgen / "generation.json").write_text('{"format": "something-else/9"}')
     return {"static": static, "garbage": garbage, "missing": folder / "missing.onnx", "nodir": folder / "no" / "such",
+            "badgen": badgen,
             "hf_good": good, "hf_bad_config": bad_config, "hf_truncated": truncated, "hf_no_weights": no_weights,
             "dir": folder}
 
@@ -149,6 +153,19 @@ BROKEN = [
     (["serve-bench", "--url", "127.0.0.1:1", "--model", "m", "--plot", "{nodir}/b.png"], "--plot"),
     (["serve-bench", "--launch", "{missing}", "--model", "m"], "--launch"),
     (["serve-bench", "--url", "127.0.0.1:1", "--model", "m", "--model", "m"], "--model"),
+    # generation folders (issue 13)
+    (["convert", "vit-tiny", "-o", "{dir}/vit-folder"], "not a causal LM"),
+    (["generate", "{dir}", "--prompt-ids", "1"], "generation.json"),
+    (["generate", "{badgen}", "--prompt-ids", "1"], "format"),
+    (["generate", "{badgen}"], "exactly one of --prompt"),
+    (["generate", "{badgen}", "--prompt-ids", "1", "--new-tokens", "0"], "--new-tokens"),
+    (["generate", "{badgen}", "--prompt-ids", "1,,x"], "--prompt-ids"),
+    (["validate", "{static}", "--new-tokens", "4"], "--new-tokens"),
+    (["validate", "{badgen}"], "format"),
+    (["profile", "{static}", "--new-tokens", "4"], "--new-tokens"),
+    (["profile", "{badgen}"], "format"),
+    (["build", "{badgen}"], "format"),
+    (["build", "{badgen}", "--shapes", "x:1"], "--shapes"),
     # no such command
     (["nosuch"], "nosuch"),
 ]

@@ -319,3 +319,13 @@ def test_hugging_face_causal_lms_convert_to_folders_that_generate_like_torch(fam
     assert v.exit_code == 0, v.output
     checked = json.loads(v.stdout)
     assert checked["selection"] and checked["generation"]["identical"]  # the prefill's merges are compared too
+
+
+def test_build_of_a_folder_derives_both_profiles_and_needs_tensorrt(folders):
+    from qm_export.generation.trt_backend import trt_unavailable
+
+    if trt_unavailable(read_generation_folder(folders["merged"])) is None:
+        pytest.skip("TensorRT is present: the GPU check script builds the folder")
+    r = cli("build", folders["merged"])
+    assert r.exit_code == 1 and "TensorRT" in r.output and "Traceback" not in r.output
+    assert not (folders["merged"] / "prefill.engine").exists()

@@ -8,7 +8,7 @@ are seeded, so the same weights), prior and example shape. Keys (``metadata_prop
 | --- | --- |
 | ``qm_export.source`` | the SOURCE as given (recipe name, ``.toml`` path or folder) |
 | ``qm_export.source_path`` | its absolute path when SOURCE is a file or folder, else empty |
-| ``qm_export.provenance`` | JSON: schedule, no_merge, method, precision, seed, batch, seq_len, prior, prior_weight, inputs |
+| ``qm_export.provenance`` | JSON: schedule, no_merge, method, precision, seed, batch, seq_len, prior, prior_weight, inputs; weights (a folder's weight file format: safetensors, pickle (weights_only), gguf) |
 
 A model without these keys (not made by ``convert``, or edited by a tool that drops
 metadata) has no provenance: callers then need ``--source`` and say so.
@@ -74,10 +74,13 @@ class Provenance:
     prior: str | None = None
     prior_weight: float | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
 
     def to_metadata(self) -> dict[str, str]:
         data = asdict(self)
         source, source_path = data.pop("source"), data.pop("source_path")
+        if data["weights"] is None:  # a recipe: no weight files
+            del data["weights"]
         return {
             "qm_export.source": source,
             "qm_export.source_path": source_path or "",
@@ -164,7 +167,17 @@ def provenance_of(options: Any, loaded: Any) -> Provenance:
         prior_weight=options.prior_weight,
         inputs={n: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
                 for n, t in zip(loaded.input_names, loaded.example_inputs)},
+        weights=_weights_format(path),
     )
+
+
+def _weights_format(path: Path) -> str | None:
+    """The weight file format a Hugging Face folder was loaded from (None for a recipe)."""
+    if not path.is_dir():
+        return None
+    from ..adapters.hf.trust import weights_format
+
+    return weights_format(path)
 
 
 __all__ += ["provenance_of"]

@@ -24,6 +24,7 @@ from ...recipes import ExportDefaults, ShapeProfile, Tolerance
 from .patch import METHODS, SUPPORTED, apply_quickmerge, resolve_base
 from .gguf import gguf_file, load_gguf
 from .runner import QuickMergePatch, recording
+from .trust import refuse_remote_code
 
 __all__ = ["load_hf_model", "load_hf_source", "PRECISIONS", "TOLERANCES"]
 
@@ -46,7 +47,9 @@ def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Modu
     """Load a supported model (and its tokenizer, if the folder has one) from a local folder.
 
     The class comes from ``config.json`` (``architectures``, else ``model_type``). Never
-    downloads: ``HF_HUB_OFFLINE=1`` and ``local_files_only=True``.
+    downloads: ``HF_HUB_OFFLINE=1`` and ``local_files_only=True``. Never runs code from the
+    folder: an ``auto_map`` is refused (:mod:`.trust`), ``trust_remote_code=False`` and
+    pickled weights load with ``weights_only=True``.
 
     Returns:
         ``(model in eval mode, tokenizer or None)``.
@@ -54,6 +57,7 @@ def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Modu
     path = Path(path)
     if (gguf := gguf_file(path)) is not None:  # a .gguf file, or a folder's only one (gguf.py)
         return load_gguf(gguf, precision=precision)
+    refuse_remote_code(path)  # before transformers reads anything from the folder
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
     if precision not in PRECISIONS:
@@ -61,7 +65,7 @@ def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Modu
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = import_transformers()
     try:
-        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as err:  # malformed JSON, a missing model_type, ...: the folder's fault
         raise SourceError(f"{path / 'config.json'} cannot be read as a Hugging Face config: {first_line(err)}") from None
     names = [a for a in (getattr(config, "architectures", None) or []) if a in _ARCHITECTURES]
@@ -74,7 +78,8 @@ def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Modu
         raise SourceError(f"{path} has no weights: expected one of {', '.join(_WEIGHT_FILES)} next to config.json")
     try:
         with _quiet_loading(transformers):
-            model = getattr(transformers, name).from_pretrained(path, local_files_only=True)
+            model = getattr(transformers, name).from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                                                weights_only=True)
     except Exception as err:  # a truncated or corrupt weights file, shapes that do not match the config
         raise SourceError(f"{path / weights[0]}: the weights cannot be loaded ({first_line(err)}); "
                           "is the file complete?") from None
@@ -82,7 +87,8 @@ def load_hf_model(path: str | Path, *, precision: str = "fp32") -> tuple[nn.Modu
     tokenizer = None
     if any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")):
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                                   trust_remote_code=False)
         except Exception as err:
             raise SourceError(f"{path}: its tokenizer files cannot be loaded ({first_line(err)})") from None
     return model, tokenizer

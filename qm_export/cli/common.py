@@ -220,6 +220,7 @@ def _failure_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [ImportError]
     for module, name in (("qm_export.export.onnx_export", "ExportCheckError"),
                          ("qm_export.export.verify", "VerifyError"),
+                         ("qm_export.validate.compare", "ReferenceFailed"),
                          ("qm_export.trt.prepare", "TensorRTUnavailable"),
                          ("qm_export.trt.prepare", "BuildError")):
         mod = sys.modules.get(module)

@@ -25,9 +25,14 @@ from ..backends import Runner
 from ..export.onnx_export import is_debug_output
 from ..export.parity import Flip, LayerSelection, ParityResult, compare_outputs, compare_selection
 
-__all__ = ["Comparison", "compare_backends", "debug_pairs", "compare_selection_exact", "one_line"]
+__all__ = ["Comparison", "ReferenceFailed", "compare_backends", "debug_pairs", "compare_selection_exact", "one_line"]
+
 
 Feeds = dict[str, np.ndarray]
+
+
+class ReferenceFailed(RuntimeError):
+    """The reference could not run an input set: nothing can be judged (a failure, exit 1)."""
 
 
 def one_line(err: BaseException, limit: int = 300) -> str:
@@ -118,7 +123,7 @@ def compare_backends(
     ``runners`` becomes the reference) and every runner on every input set, and compare.
 
     Raises:
-        RuntimeError: the reference itself fails to run (nothing can be judged).
+        ReferenceFailed (a RuntimeError): the reference itself fails to run (nothing can be judged).
     """
     runners = list(runners)
     if reference is None:
@@ -134,7 +139,7 @@ def compare_backends(
         try:
             ref_out = reference.run(feeds)
         except Exception as err:  # the reference must run: nothing can be judged otherwise
-            raise RuntimeError(f"the reference ({reference.name}) failed on inputs {shape}: {one_line(err)}") from None
+            raise ReferenceFailed(f"the reference ({reference.name}) failed on inputs {shape}: {one_line(err)}") from None
         if keep_outputs:
             comp.outputs.setdefault(reference.name, []).append(_main(ref_out))
         records = list(getattr(reference, "records", []) or [])

@@ -211,6 +211,26 @@ def _variants(mf: ModelFile, stack: ExitStack) -> _Variants:
     return _Variants(native, cpu or native, plain_cpu or plain, twin_model is not None, notes)
 
 
+_ORT_BACKENDS = ("ort", "ort-cuda")
+
+
+def _ort_crashes(names: list[str], files: _Variants) -> dict[Path, str]:
+    """File -> why ONNX Runtime crashed creating a session on it, for each file an ONNX Runtime
+    backend (or the twin check) will open, tried first in a forked child
+    (:mod:`qm_export.export.crash_guard`); files that load, or fail cleanly, are absent."""
+    from ..export.crash_guard import ort_session_in_child
+
+    paths = [files.cpu if n == "ort" else files.native for n in names if n in _ORT_BACKENDS]
+    if files.twin and "ort" in names:
+        paths.append(files.plain_cpu)
+    found = {}
+    for path in dict.fromkeys(paths):
+        why = ort_session_in_child(path)
+        if why is not None:
+            found[path] = why
+    return found
+
+
 def _merge_layers(mf: ModelFile, loaded: Any) -> list[int]:
     if loaded is not None:
         return [int(x) for x in loaded.merge_layers]
@@ -318,14 +338,19 @@ def validate_model(options: ValidateOptions, progress: Callable[[str], None] | N
         report.notes.extend(files.notes)
         runners: list[Runner] = []
         params = _param_count(mf)
+        crashed = _ort_crashes(names, files) if mf.kind == "onnx" else {}
         for name in names:
             if name == "onnx-ref" and not explicit and params > REFERENCE_PARAM_LIMIT:
                 report.backends[name] = BackendStatus("skipped", f"onnx.reference is slow: the model has {params / 1e6:.1f}M "
                                                                   "weights (ask for it with --backends onnx-ref)")
                 continue
             say(f"loading {name}")
+            path = files.cpu if name in ("ort", "onnx-ref") else files.native
+            if name in _ORT_BACKENDS and path in crashed:
+                report.backends[name] = BackendStatus("failed", f"cannot load the model: {crashed[path]} in a child "
+                                                                "process (so it was not run in this one)")
+                continue
             try:
-                path = files.cpu if name in ("ort", "onnx-ref") else files.native
                 runners.append(open_runner(name, path, threads=options.threads))
                 report.backends[name] = BackendStatus("ran")
             except BackendUnavailable as err:
@@ -359,7 +384,7 @@ def validate_model(options: ValidateOptions, progress: Callable[[str], None] | N
             if not checked and name == "trt" and mf.kind == "engine":
                 report.notes.append("trt: the engine has no merge debug outputs, so selection is not checked "
                                     "(build it from an ONNX converted with --debug-outputs to check it)")
-        if files.twin and "ort" in comp.outputs and not comp.failures.get("ort"):
+        if files.twin and "ort" in comp.outputs and not comp.failures.get("ort") and files.plain_cpu not in crashed:
             say("ort: the model itself vs its debug twin")
             plain = open_runner("ort", files.plain_cpu, threads=options.threads).run(input_sets[0])
             first = comp.outputs["ort"][0]

@@ -18,6 +18,7 @@ import onnx
 
 from ..versions import DEFAULT_CHECK_VERSION, TrtVersion, max_onnx_opset
 
+from ...export.crash_guard import first_in_child
 from ...export.graph_walk import NodeSite, function_key, iter_nodes, node_label
 from ...export.qm_contract import QM_OPS, is_qm_plugin_node
 from .consts import ConstantResolver
@@ -125,7 +126,13 @@ def check_model(
     opset = _default_opset(model)
     report = CheckReport(name, version, opset)
     report.findings.extend(opset_findings(opset, version))
-    types = infer_types(model)
+    crash = first_in_child(lambda: infer_types(model), "ONNX shape inference")
+    if crash is not None:  # the model would crash this process: report it, check without inferred types
+        report.findings.append(Finding(
+            "error", "runtime-crash", f"{crash} on this model (run in a child process, so check survived it); "
+            "the TensorRT parser runs the same code and may crash too",
+            "the file is malformed: re-export the model (qm-export convert) or copy it again in full"))
+    types = infer_types(model) if crash is None else {None: {}}
     report.findings.extend(dtype_findings(model, types, version))
     report.findings.extend(external_data_findings(model, base_dir))
 

@@ -34,6 +34,10 @@ class Finding:
     graph: str = "main"
 
     def __post_init__(self) -> None:
+        for name in ("node", "op", "function", "graph"):  # a proto2 string with invalid UTF-8 comes back as bytes
+            value = getattr(self, name)
+            if isinstance(value, bytes):
+                object.__setattr__(self, name, value.decode("utf-8", "replace"))
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity {self.severity!r} is not one of {SEVERITIES}")
 

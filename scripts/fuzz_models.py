@@ -411,10 +411,16 @@ def main() -> int:
     if args.json is not None and not args.json.parent.is_dir():
         parser.error(f"--json: folder {str(args.json.parent)!r} does not exist")
 
+    import torch
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from qm_export.export.convert import ConvertOptions, run_convert
+
+    # One torch thread, before torch starts any: a child forked from a process whose OpenMP pool
+    # is running waits forever on a lock that pool's threads held at the fork.
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
 
     err = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="qm-fuzz-") as tmp:

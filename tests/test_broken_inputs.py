@@ -13,6 +13,7 @@ same table; the whole table runs in well under a minute because nothing in it ma
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -24,6 +25,7 @@ from click.testing import CliRunner
 
 from qm_export.cli import main
 from trt_onnx_graphs import export_like_model
+from untrusted_models import broken_model
 
 hf_tiny = pytest.importorskip("hf_tiny")
 
@@ -55,7 +57,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     badgen = folder / "badgen"  # a generation folder whose manifest is of another format
     badgen.mkdir()
     (badgen / "generation.json").write_text('{"format": "something-else/9"}')
-    return {"static": static, "garbage": garbage, "missing": folder / "missing.onnx", "nodir": folder / "no" / "such",
+    escape = broken_model(folder / "untrusted", "escape")  # external data at ../outside.bin (issue 14)
+    remote = folder / "hf-remote-code"
+    remote.mkdir()
+    (remote / "config.json").write_text(json.dumps({**json.loads((good / "config.json").read_text()),
+                                                    "auto_map": {"AutoModel": "modeling_x.X"}}))
+    (remote / "model.safetensors").write_bytes((good / "model.safetensors").read_bytes())
+    return {"escape": escape, "hf_remote": remote,
+            "static": static, "garbage": garbage, "missing": folder / "missing.onnx", "nodir": folder / "no" / "such",
             "badgen": badgen,
             "hf_good": good, "hf_bad_config": bad_config, "hf_truncated": truncated, "hf_no_weights": no_weights,
             "dir": folder}
@@ -153,6 +162,14 @@ BROKEN = [
     (["serve-bench", "--url", "127.0.0.1:1", "--model", "m", "--plot", "{nodir}/b.png"], "--plot"),
     (["serve-bench", "--launch", "{missing}", "--model", "m"], "--launch"),
     (["serve-bench", "--url", "127.0.0.1:1", "--model", "m", "--model", "m"], "--model"),
+    (["serve-bench", "--launch", "{dir}", "--host", "example.com", "--model", "m"], "--host"),
+    # untrusted models (issue 14): external data outside the folder, a checkpoint asking for code
+    (["validate", "{escape}"], "climbs out"),
+    (["profile", "{escape}"], "climbs out"),
+    (["build", "{escape}"], "climbs out"),
+    (["serve-repo", "{escape}", "-o", "{dir}/r"], "climbs out"),
+    (["convert", "{hf_remote}", "-o", "{out}"], "auto_map"),
+    (["fit-prior", "{hf_remote}"], "auto_map"),
     # generation folders (issue 13)
     (["convert", "vit-tiny", "-o", "{dir}/vit-folder"], "not a causal LM"),
     (["generate", "{dir}", "--prompt-ids", "1"], "generation.json"),

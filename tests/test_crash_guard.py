@@ -64,3 +64,28 @@ def test_validate_reports_a_crash_of_onnx_runtime_as_a_failed_backend(tmp_path: 
     assert doc["backends"]["onnx-ref"]["status"] == "ran"
     assert res.stderr.strip().splitlines()[-1].startswith("FAILED: ")
     assert sys.modules["onnxruntime"] is onnxruntime
+
+
+def test_a_name_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> None:
+    """protobuf hands a proto2 string with invalid UTF-8 back as bytes (found by fuzzing:
+    check's table and its type listing crashed on it)."""
+    data = matmul_model().SerializeToString()
+    assert data.count(b"MatMul") == 1
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data.replace(b"MatMul", b"M\xe1tMul"))
+    for command in ("check", "validate"):
+        res = CliRunner().invoke(main, [command, str(path)])
+        assert res.exit_code == 2, res.output
+        assert "graph.node[0].op_type is not UTF-8 text" in res.stderr.strip().splitlines()[-1]
+
+
+def test_check_survives_a_constant_of_an_unknown_type(tmp_path: Path) -> None:
+    """A retyped initializer (data type 29 has no numpy type) made check's constant folding
+    raise KeyError (found by fuzzing); it is simply not a constant."""
+    model = matmul_model()
+    model.graph.initializer[0].data_type = 29
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    res = CliRunner().invoke(main, ["check", str(path)])
+    assert res.exit_code in (0, 1) and res.exception is None or isinstance(res.exception, SystemExit), res.output
+    assert res.stderr.strip().splitlines()[-1].startswith(("PASSED: ", "FAILED: "))

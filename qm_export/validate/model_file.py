@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..export.external_data import check_model_external_data
+from ..export.proto_strings import check_strings
 from ..export.provenance import Provenance, ProvenanceError
 from .inputs import Feeds, TensorSpec, model_inputs, random_feeds, source_input_sets
 
@@ -75,6 +76,7 @@ def open_model_file(path: str | os.PathLike[str]) -> ModelFile:
         raise ValueError(f"MODEL {str(p)!r} is not an ONNX model ({type(err).__name__})") from None
     if not model.graph.output:
         raise ValueError(f"MODEL {str(p)!r} is not an ONNX model (no graph outputs)")
+    check_strings(model, f"MODEL {str(p)!r}")
     check_model_external_data(model, os.path.dirname(os.path.abspath(p)), what=f"MODEL {str(p)!r}")
     meta = {prop.key: prop.value for prop in model.metadata_props}
     try:

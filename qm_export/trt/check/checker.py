@@ -19,6 +19,7 @@ import onnx
 from ..versions import DEFAULT_CHECK_VERSION, TrtVersion, max_onnx_opset
 
 from ...export.crash_guard import first_in_child
+from ...export.proto_strings import check_strings
 from ...export.graph_walk import NodeSite, function_key, iter_nodes, node_label
 from ...export.qm_contract import QM_OPS, is_qm_plugin_node
 from .consts import ConstantResolver
@@ -46,6 +47,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise ValueError(f"{str(path)!r} is not an ONNX model ({type(exc).__name__}: {exc})") from exc
     if not model.HasField("graph") or (not model.graph.node and not model.graph.input and not model.opset_import):
         raise ValueError(f"{str(path)!r} is not an ONNX model (no graph)")
+    check_strings(model, repr(str(path)))
     return model
 
 

@@ -25,6 +25,17 @@ _FOLDABLE = frozenset(
 _MAX_ELEMENTS = 1 << 16
 
 
+def _array(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """The tensor's value, or None when it is not a readable constant (an unknown data type,
+    data that does not match its dims, more than :data:`_MAX_ELEMENTS` elements)."""
+    if any(d < 0 for d in tensor.dims) or int(np.prod([int(d) for d in tensor.dims], dtype=object)) > _MAX_ELEMENTS:
+        return None
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception:  # noqa: BLE001 - a malformed tensor is not a constant the check can use
+        return None
+
+
 class ConstantResolver:
     """Values of the constant tensors of one scope (a graph with its subgraphs, or a function body).
 
@@ -75,7 +86,7 @@ class ConstantResolver:
             tensor = self._initializers[name]
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 return None
-            return numpy_helper.to_array(tensor)
+            return _array(tensor)
         if name not in self._producer:
             return None
         node, index = self._producer[name]
@@ -102,7 +113,7 @@ class ConstantResolver:
             if attr.ref_attr_name:
                 return None
             if attr.name == "value":  # never external data: check reads no tensor bytes from files
-                return None if attr.t.data_location == onnx.TensorProto.EXTERNAL else numpy_helper.to_array(attr.t)
+                return None if attr.t.data_location == onnx.TensorProto.EXTERNAL else _array(attr.t)
             if attr.name == "value_int":
                 return np.array(attr.i, dtype=np.int64)
             if attr.name == "value_ints":

@@ -39,6 +39,7 @@ def test_mutated_models_end_with_exit_0_1_or_2_and_one_line(fuzz, tmp_path: Path
     broken = {o.case.index: (o.case.mutator, o.broken) for o in outcomes if o.broken}
     assert broken == {}, broken
     assert summary["cases"] == COUNT and summary["crashes"] == summary["hangs"] == summary["tracebacks"] == 0
+    assert summary["peak_rss_mib"] < 2048, summary  # no mutation made a run allocate its declared sizes
     # the mutations reach every outcome: some models still pass, some fail, some are refused
     for command in ("check", "validate"):
         assert set(summary["exit_codes"][command]) == {"0", "1", "2"}, summary["exit_codes"]

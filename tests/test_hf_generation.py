@@ -172,3 +172,22 @@ def test_recent_window_stays_unmerged(method):
     assert cache[1].key.shape[2] == 4 + 6  # 14 -> 7 (embed) -> 4 (layer 0), then the window
     with pytest.raises(ValueError, match="recent"):
         HFGeneration(model, recent=-1)
+
+
+def test_benchmark_perplexity_is_teacher_forced_cross_entropy():
+    """scripts/bench_llm_quality.py's perplexity (prefill, then the continuation decoded over
+    the cache) is exp(mean cross-entropy) of the continuation under the plain forward."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from bench_llm_quality import perplexity
+
+    model = tiny("llama", seed=10)
+    batch = torch.randint(0, VOCAB, (3, 20), generator=torch.Generator().manual_seed(11))
+    ppl, rows, kept = perplexity(HFGeneration(model), batch, 12, rows=2)
+    with torch.no_grad():
+        logits = model(batch).logits[:, 11:-1]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 12:].reshape(-1), reduction="none")
+    assert abs(ppl - float(ce.mean().exp())) < 1e-3 * ppl
+    assert len(rows) == 3 and kept == 12

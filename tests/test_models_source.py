@@ -80,7 +80,7 @@ def test_low_precision_casts_the_model(precision, dtype):
     ({"precision": "int8"}, ValueError, "precision"),
     ({"batch": 0}, ValueError, "batch"),
     ({"batch": 2.0}, TypeError, "batch"),
-    ({"seq_len": 100}, ValueError, "max_positions"),
+    ({"seq_len": 200}, ValueError, "max_positions"),
     ({"schedule": "9:0.5"}, ValueError, "schedule: .*layer 9"),
     ({"schedule": "1:2.5"}, ValueError, r"schedule: .*\(0, 1\]"),
     ({"schedule": "1:0.5", "no_merge": True}, ValueError, "no_merge"),

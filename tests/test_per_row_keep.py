@@ -40,7 +40,11 @@ def test_padded_row_matches_the_row_alone(seed, n_real, n_pad, ratio, mode, prot
     assert torch.isfinite(merged).all()
     if training:
         return  # Gumbel noise is drawn over N' tokens, so draws differ from the row alone
-    torch.testing.assert_close(merged[0, info["mask"][0]], alone[0], atol=1e-5, rtol=1e-5)
+    # Values within 1e-3, not 1e-5: hypothesis found a group of two tokens whose masses are both
+    # tiny (1.0e-5 and 2.6e-5, seed=1, n_real=6, n_pad=6, ratio=0.75, global, protect=1): a
+    # float32 rounding difference of 6e-7 in one saliency (padded vs alone) moves their relative
+    # weight by 1e-3, and the merged token by 3e-4. Selection is still compared exactly below.
+    torch.testing.assert_close(merged[0, info["mask"][0]], alone[0], atol=1e-3, rtol=1e-3)
     real_idx = torch.nonzero(mask[0])[:, 0]
     seeds = info["seeds"][0]
     assert torch.equal(seeds[mask[0, seeds]], real_idx[info1["seeds"][0]])  # the same seeds

@@ -40,6 +40,11 @@ def test_padded_row_matches_the_row_alone(seed, n_real, n_pad, ratio, mode, prot
     assert torch.isfinite(merged).all()
     if training:
         return  # Gumbel noise is drawn over N' tokens, so draws differ from the row alone
+    if min(float(info["entropy_range"][0]), float(info1["entropy_range"][0])) < 1e-3:
+        # A degenerate row (spec: entropy range below 1e-3; its flips are near-ties): with two
+        # real tokens of equal entropy the range is 0 in one run and 7e-8 of rounding in the
+        # other (seed=2, n_real=2, n_pad=8), and min-max normalisation turns that into anything.
+        return
     # Values within 1e-3, not 1e-5: hypothesis found a group of two tokens whose masses are both
     # tiny (1.0e-5 and 2.6e-5, seed=1, n_real=6, n_pad=6, ratio=0.75, global, protect=1): a
     # float32 rounding difference of 6e-7 in one saliency (padded vs alone) moves their relative

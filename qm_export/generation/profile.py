@@ -131,21 +131,21 @@ def render_generation_profile(report: dict[str, Any], console: Any) -> None:
     s = report["settings"]
     table = Table(title=f"generation on ort ({s['new_tokens']} new tokens, {s['runs']} runs, {s['threads']} threads)",
                   title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1))
-    for col in ("shape", "model", "TTFT p50", "p95", "decode p50", "p95", "tok/s", "KV cache"):
+    for col in ("shape", "model", "TTFT\np50 ms", "\np95", "decode\np50 ms", "\np95", "\ntok/s", "KV cache\nMiB"):
         table.add_column(col, justify="left" if col in ("shape", "model") else "right", no_wrap=True)
 
     def add(shape: str, role: str, r: dict[str, Any]) -> None:
         d = r["decode_ms"] or {"p50": float("nan"), "p95": float("nan")}
-        table.add_row(shape, role, f"{r['ttft_ms']['p50']:.1f} ms", f"{r['ttft_ms']['p95']:.1f}", f"{d['p50']:.2f} ms",
-                      f"{d['p95']:.2f}", f"{r['tokens_per_s']:.1f}", f"{r['kv_cache_bytes'] / 2**20:.2f} MiB")
+        table.add_row(shape, role, f"{r['ttft_ms']['p50']:.1f}", f"{r['ttft_ms']['p95']:.1f}", f"{d['p50']:.2f}",
+                      f"{d['p95']:.2f}", f"{r['tokens_per_s']:.1f}", f"{r['kv_cache_bytes'] / 2**20:.2f}")
 
     for r in report["results"]:
         shape = f"{r['batch']}x{r['seq_len']}"
         add(shape, "merged" if s["merged"] else "model", r)
         if "baseline" in r:
-            add("", "baseline", r["baseline"])
+            add("", "base", r["baseline"])
             sp = r["speedup"]
             dec = f"{sp['decode_p50']:.2f}x" if sp["decode_p50"] else "-"
             table.add_row("", "ratio", f"{sp['ttft_p50']:.2f}x", "", dec, "", f"{sp['tokens_per_s']:.2f}x",
-                          f"-{100 * r['kv_cache_reduction']:.1f} %")
+                          f"-{100 * r['kv_cache_reduction']:.1f}%")
     console.print(table)

@@ -329,3 +329,19 @@ def test_build_of_a_folder_derives_both_profiles_and_needs_tensorrt(folders):
     r = cli("build", folders["merged"])
     assert r.exit_code == 1 and "TensorRT" in r.output and "Traceback" not in r.output
     assert not (folders["merged"] / "prefill.engine").exists()
+
+
+def test_a_decode_graph_whose_external_data_leaves_the_folder_is_refused(folders, tmp_path):
+    other = tmp_path / "outside"
+    shutil.copytree(folders["merged"], other)
+    model = onnx.load(str(other / "decode.onnx"))
+    onnx.save(model, str(other / "decode.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="decode.onnx.data", size_threshold=1024)
+    proto = onnx.load(str(other / "decode.onnx"), load_external_data=False)
+    for t in proto.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = "../../decode.onnx.data"
+    (other / "decode.onnx").write_bytes(proto.SerializeToString())
+    r = cli("generate", other, "--prompt-ids", "1,2")
+    assert r.exit_code == 2 and "decode graph" in r.output and "Traceback" not in r.output

@@ -86,6 +86,8 @@ def read_generation_folder(path: str | os.PathLike[str]) -> GenerationFolder:
     Raises:
         GenerationFolderError: no manifest, bad JSON, another format, a missing graph or a graph
             path leaving the folder, a malformed cache spec.
+        ExternalDataError: a graph whose external data leaves the folder (see
+            :mod:`qm_export.export.external_data`).
     """
     root = Path(path)
     where = root / MANIFEST
@@ -104,8 +106,11 @@ def read_generation_folder(path: str | os.PathLike[str]) -> GenerationFolder:
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             raise GenerationFolderError(f"{where}: {key!r} must be a file name inside the folder, got {name!r}")
         graphs[key] = root / name
-        if not graphs[key].is_file():
-            raise GenerationFolderError(f"{where}: the {key} graph {name!r} is missing")
+        if graphs[key].is_symlink() or not graphs[key].is_file():
+            raise GenerationFolderError(f"{where}: the {key} graph {name!r} is missing (or a symbolic link)")
+        from ..export.external_data import check_external_data
+
+        check_external_data(graphs[key], what=f"the {key} graph {str(graphs[key])!r}")  # before any runtime reads it
     cache = data.get("cache")
     if not isinstance(cache, dict):
         raise GenerationFolderError(f"{where}: 'cache' must be an object, got {cache!r}")

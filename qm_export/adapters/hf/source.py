@@ -160,6 +160,10 @@ def _memory_checked(make: Any, config: Any, family: str, dtype: torch.dtype, def
     return checked
 
 
+#: Longest sequence of a text model's declared build profile (``build --shapes`` goes further).
+PROFILE_MAX_TOKENS = 2048
+
+
 def default_schedule(num_layers: int) -> dict[int, float]:
     """One merge keeping half the tokens, in layer ``num_layers // 3``."""
     return {num_layers // 3: 0.5}
@@ -312,7 +316,10 @@ def load_hf_source(
         input_names = ("input_ids", "attention_mask")
         dim_seq = torch.export.Dim("seq_len", min=4, max=max_pos)
         dynamic = {name: {0: dim_batch, 1: dim_seq} for name in input_names}
-        profile_dims = {"min": (1, 4), "opt": (batch, seq_len), "max": (max(batch, 8), max_pos)}
+        # The declared profile (verified by convert, built by build) stops at PROFILE_MAX_TOKENS:
+        # long-context models (SmolLM2: 8192 positions) would otherwise be checked at 8 x 8192.
+        profile_dims = {"min": (1, 4), "opt": (batch, seq_len),
+                        "max": (max(batch, 8), max(seq_len, min(max_pos, PROFILE_MAX_TOKENS)))}
         module_cls = TextExport
     make = _memory_checked(make, base.config, family.name, dtype, batch)
     example = make(None, None, seed)

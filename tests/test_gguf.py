@@ -58,7 +58,9 @@ def test_missing_packages_name_the_extra(tmp_path, monkeypatch):
 
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    # gguf present (whether or not it is installed here), accelerate missing
+    fake = {"accelerate": None, "gguf": object()}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake[name] if name in fake else real(name, *a))
     with pytest.raises(ImportError, match=r"need accelerate: pip install 'qm-export\[gguf\]'"):
         load_hf_model(tmp_path / "m.gguf")
 

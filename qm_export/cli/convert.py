@@ -127,8 +127,9 @@ def convert(source: str, output: Path, merge_spec: str | None, batch: int | None
     values = f" (values not compared for {', '.join(skipped)}: near-tie in every row)" if skipped else ""
     gen = report.generation
     if gen is not None:
-        values += (f"; greedy generation identical for {gen['steps']} steps" if gen["identical"]
-                   else f"; generation equal but for {gen['near_ties']} near-tie step(s) in {gen['steps']}")
+        from ..generation.render import generation_phrase
+
+        values += "; " + generation_phrase(gen)
     verdict(err, "PASSED", f"wrote {output}: {' and '.join(runtimes)} match torch on {len(report.shapes_checked)} "
                            f"input set(s){values}")
 

@@ -106,15 +106,11 @@ def _backend(name: str, folder, threads: int | None):  # -> a GenerationBackend
 
         loaded, _ = load_reference(open_model_file(folder.prefill), debug_outputs=False)
         return TorchGeneration(loaded.generation)
-    if name == "trt":
-        from ..generation.trt_backend import TrtGeneration, trt_unavailable
+    from ..generation.validate import Skipped, open_generation_backend
 
-        why = trt_unavailable(folder)
-        if why is not None:
-            from .common import CommandFailed
+    try:
+        return open_generation_backend(name, folder, threads)
+    except Skipped as why:
+        from .common import CommandFailed
 
-            raise CommandFailed(f"--backend trt: {why}")
-        return TrtGeneration(folder)
-    from ..generation.ort_backend import OrtGeneration
-
-    return OrtGeneration(folder, threads=threads)
+        raise CommandFailed(f"--backend {name}: {why}") from None

@@ -29,7 +29,7 @@ from typing import Any
 from ..export.convert import ConvertOptions, ConvertReport, load_for_convert, run_convert
 from ..export.files import OutputPathError, user_mode
 from .export import as_prefill, decode_view
-from .folder import MANIFEST, is_generation_folder, manifest_json, read_generation_folder, upcast_folder
+from .folder import MANIFEST, is_generation_folder, manifest_json, read_generation_folder
 
 __all__ = ["GENERATION_STEPS", "check_output_folder", "run_generation_convert", "wants_folder"]
 
@@ -81,36 +81,17 @@ def _commit(stage: Path, out: Path, force: bool) -> None:
 
 
 def _check_generation(loaded: Any, stage: Path, steps: int, say: Callable[[str], None]) -> dict[str, Any]:
-    """Generation parity of the staged folder against torch (the bf16 graphs through their
-    float32 upcast twins)."""
-    from .ort_backend import OrtGeneration
-    from .parity import compare_generation
-    from .torch_backend import TorchGeneration
+    """Generation parity of the staged folder against torch on ONNX Runtime (the bf16 graphs
+    through their float32 upcast twins): :func:`~.validate.validate_generation`'s ``ort`` entry."""
+    from .validate import validate_generation
 
     ids, mask = (t.numpy() for t in loaded.example_inputs[:2])
     steps = min(steps, loaded.generation.spec.max_positions - int(mask.sum(1).max()))
-    folder = read_generation_folder(stage)
-    tmp = None
-    try:
-        if loaded.precision == "bf16":
-            tmp = tempfile.TemporaryDirectory(prefix="qm-export-upcast-")
-            folder = upcast_folder(folder, tmp.name)
-        runtime = OrtGeneration(folder)
-        tol = loaded.tolerance
-        done = [0]
-
-        def step(_t: int) -> None:
-            done[0] += 1
-            say(f"checking generation: {done[0]}/{2 * steps} steps (torch, then ort)")
-
-        parity = compare_generation(TorchGeneration(loaded.generation), runtime, ids, mask, steps=steps,
-                                    atol=float(tol.max_abs), rtol=float(tol.max_rel or 0.0), on_step=step)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    out = parity.to_json()
-    out["upcast"] = loaded.precision == "bf16"
-    return out
+    tol = loaded.tolerance
+    summary = validate_generation(read_generation_folder(stage), loaded, (ids, mask), steps=steps,
+                                  atol=float(tol.max_abs), rtol=float(tol.max_rel or 0.0), backends=("ort",),
+                                  progress=say)
+    return summary["backends"]["ort"]
 
 
 def run_generation_convert(options: ConvertOptions, console: Any = None,

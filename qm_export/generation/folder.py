@@ -27,7 +27,7 @@ import torch
 from .contract import CacheSpec
 
 __all__ = ["MANIFEST", "FORMAT", "GenerationFolder", "is_generation_folder", "read_generation_folder",
-           "manifest_json", "GenerationFolderError", "upcast_folder"]
+           "manifest_json", "GenerationFolderError", "upcast_folder", "dtype_name"]
 
 MANIFEST = "generation.json"
 FORMAT = "qm-export.generation/1"
@@ -60,9 +60,14 @@ def is_generation_folder(path: str | os.PathLike[str]) -> bool:
     return p.is_dir() and (p / MANIFEST).is_file()
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``"float32"``, ``"float16"`` or ``"bfloat16"``: the manifest's (and ONNX's) name of a cache dtype."""
+    return next(k for k, v in _DTYPES.items() if v == dtype)
+
+
 def manifest_json(spec: CacheSpec, *, tokenizer: bool, **info: Any) -> dict[str, Any]:
     """The manifest's content (``info``: source, precision, schedule, merge layers, ...)."""
-    dtype = next(k for k, v in _DTYPES.items() if v == spec.dtype)
+    dtype = dtype_name(spec.dtype)
     return {
         "format": FORMAT, "prefill": "prefill.onnx", "decode": "decode.onnx",
         "tokenizer": "tokenizer" if tokenizer else None,

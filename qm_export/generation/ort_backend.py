@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .contract import CACHE_FIELDS, CacheSpec, past_names, present_names
-from .folder import GenerationFolder, GenerationFolderError
+from .folder import GenerationFolder, GenerationFolderError, dtype_name
 
 __all__ = ["OrtGeneration", "check_graphs"]
 
@@ -38,7 +38,7 @@ def check_graphs(spec: CacheSpec, prefill_io: tuple[Sequence[Any], Sequence[Any]
         GenerationFolderError: naming the graph, the tensor and both values.
     """
     depth = spec.depth
-    dtype = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16"}[str(spec.dtype)]
+    dtype = dtype_name(spec.dtype)
     want = {"prefill": (["input_ids", "attention_mask"], ["logits", *present_names(depth)]),
             "decode": (["input_ids", "position_ids", *past_names(depth)], ["logits", *present_names(depth)])}
     for graph, (inputs, outputs) in (("prefill", prefill_io), ("decode", decode_io)):

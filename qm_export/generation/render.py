@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["generation_table"]
+__all__ = ["generation_table", "generation_phrase"]
 
 
 def generation_table(parity: dict[str, Any]) -> Any:
@@ -25,3 +25,11 @@ def generation_table(parity: dict[str, Any]) -> Any:
         f"{parity['max_abs']:.1e}", "[green]yes[/]" if parity["ok"] else "[red]NO[/]",
     )
     return table
+
+
+def generation_phrase(gen: dict[str, Any]) -> str:
+    """The verdict's clause on generation: ``greedy generation identical for N steps`` or
+    ``generation equal but for K near-tie step(s) in N``."""
+    if gen["identical"]:
+        return f"greedy generation identical for {gen['steps']} steps"
+    return f"generation equal but for {gen['near_ties']} near-tie step(s) in {gen['steps']}"

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .contract import CacheSpec, past_names
+from .contract import CACHE_FIELDS, CacheSpec, past_names
 from .folder import GenerationFolder
 
 __all__ = ["ENGINES", "TrtGeneration", "trt_unavailable", "generation_build_shapes", "engine_paths"]
@@ -165,7 +165,5 @@ class TrtGeneration:
 
 def _cache_order(name: str) -> tuple[int, int]:
     """``present.{i}.{field}`` in graph order (layer, then key/value/positions/sizes)."""
-    from .contract import CACHE_FIELDS
-
     _, layer, field = name.split(".")
     return int(layer), CACHE_FIELDS.index(field)

@@ -83,9 +83,11 @@ class ValidateReport:
             skipped = self.not_compared()
             values = f" (values not compared for {', '.join(skipped)}: near-tie in every row)" if skipped else ""
             gen = self.generation
-            also = "" if gen is None else (
-                f"; greedy generation identical for {gen['steps']} steps on {', '.join(gen['backends'])}"
-                if gen["identical"] else f"; generation equal but for {gen['near_ties']} near-tie step(s)")
+            also = ""
+            if gen is not None:
+                from ..generation.render import generation_phrase
+
+                also = f"; {generation_phrase(gen)} on {', '.join(gen['backends'])}"
             return (f"PASSED: {n} backend{'s' if n != 1 else ''} match {self.reference} on {len(self.input_sets)} "
                     f"input set(s){values}{also}")
         failed = [n for n, b in self.backends.items() if b.status == "failed"]

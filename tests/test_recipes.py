@@ -41,7 +41,9 @@ def test_shipped_recipe_matches_its_family_and_halves_the_tokens(name):
         n = resolve_keep(n, QuickMergeConfig(keep=merge.keep, keep_ratio=merge.keep_ratio))
     first = config.num_patches if hasattr(config, "num_patches") else spec.shape[1]
     assert 0.4 <= n / first <= 0.6, f"{name}: {first} -> {n} mergeable tokens"
-    assert recipe.tolerances["fp32"].max_abs <= 1e-4
+    # fp32 tolerances stay at float32 summation-order level: 1e-4, encoder-base's 12 layers of
+    # width 768 3e-4 (measured 1.25e-4, docs/benchmarks.md "Precision").
+    assert recipe.tolerances["fp32"].max_abs <= (3e-4 if name == "encoder-base" else 1e-4)
     assert recipe.tolerances["fp16"].max_abs > recipe.tolerances["fp32"].max_abs
     assert set(recipe.build_shapes) == set(recipe.inputs)
     assert recipe.raw["model"]["family"] == recipe.family

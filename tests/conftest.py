@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 THREADS = int(os.environ.get("QM_TEST_THREADS", "1"))
@@ -51,6 +52,14 @@ _ort_threads_default()
 SLOW_MODULES = ("test_generation.py", "test_gguf.py", "test_convert.py", "test_pipeline.py", "test_tome_export.py",
                 "test_sweep.py", "test_cli_behaviour.py", "test_plugins.py", "test_embed_merge.py", "test_convert_hf.py", "test_models_export.py",
                 "test_validate.py", "test_serve_bench.py", "test_profile.py", "test_profile_cli.py")
+
+
+@pytest.fixture(autouse=True)
+def _shared_traces(request, monkeypatch) -> None:
+    """A model traced once per process is not traced again (``trace_cache.py``)."""
+    from trace_cache import install
+
+    install(request, monkeypatch)
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -4,13 +4,15 @@ Torch runs single-threaded in tests unless ``QM_TEST_THREADS`` says otherwise: t
 small tensors, and on a shared 2-core machine OpenMP threads spinning against other processes
 made a 40-step training test 100x slower (25 s instead of 0.3 s). ONNX Runtime sessions that
 leave the thread count to ORT get the same count (tests/test_validate.py and test_profile.py:
-117 s -> 75 s on a busy 2-core machine). Slow modules are collected first, and under
-pytest-xdist the workers share the tiny exports (``tiny_exports.py``).
+117 s -> 75 s on a busy 2-core machine). Slow modules are collected first; a model is traced
+once per run (``trace_cache.py``), and under pytest-xdist the workers share the tiny exports
+(``tiny_exports.py``) and the traces through one folder per run.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -45,21 +47,35 @@ def _ort_threads_default() -> None:
 _ort_threads_default()
 
 
-#: The slowest modules (measured with --durations), run first: --dist loadscope hands out whole
+#: The slowest modules (measured with --durations=0), run first: --dist loadscope hands out whole
 #: modules in collection order, so a slow module collected last keeps one worker busy while
 #: the other idles; started first, the many small modules fill in behind them. Longest first
-#: (test_generation's and test_gguf's fixtures took 115 s and 78 s in a full run on a busy machine).
-SLOW_MODULES = ("test_generation.py", "test_gguf.py", "test_convert.py", "test_pipeline.py", "test_tome_export.py",
-                "test_sweep.py", "test_cli_behaviour.py", "test_plugins.py", "test_embed_merge.py", "test_convert_hf.py", "test_models_export.py",
-                "test_validate.py", "test_serve_bench.py", "test_profile.py", "test_profile_cli.py")
+#: (test_tome_export and test_generation took 66 s and 64 s in a full run on 2 cores).
+SLOW_MODULES = ("test_tome_export.py", "test_generation.py", "test_convert.py", "test_sweep.py", "test_embed_merge.py",
+                "test_serve_bench.py", "test_models_export.py", "test_convert_hf.py", "test_kernels.py",
+                "test_serve_server.py", "test_fuzz_models.py", "test_trt_plugin_layer.py", "test_plugins.py",
+                "test_cli_behaviour.py", "test_trt_check.py", "test_gguf.py", "test_profile_cli.py", "test_validate.py",
+                "test_precision.py", "test_pipeline.py")
+
+
+def _share_traces() -> None:
+    """A model traced once in this run is not traced again (``trace_cache.py``)."""
+    from trace_cache import install
+
+    install()
+
+
+_share_traces()
 
 
 @pytest.fixture(autouse=True)
-def _shared_traces(request, monkeypatch) -> None:
-    """A model traced once per process is not traced again (``trace_cache.py``)."""
-    from trace_cache import install
+def _fresh_trace(request) -> Iterator[None]:
+    """Tests marked ``fresh_trace`` trace for real."""
+    from trace_cache import STATE
 
-    install(request, monkeypatch)
+    STATE["fresh"] = request.node.get_closest_marker("fresh_trace") is not None
+    yield
+    STATE["fresh"] = False
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -5,9 +5,9 @@ outcome, one verdict line on stderr, the ``--json`` document on stdout also on f
 no output folder created, the user's umask on written files, named dynamic axes, progress per
 stage, and parity tables that stay on one line per row at 80 columns.
 
-Exports are the slow part (5-15 s each on 2 cores): the convert tests reuse one trace of the
-vit-tiny recipe per process (``fast_convert``: ``export_onnx(traced=...)`` skips the tracing,
-everything else runs), and the read-only tests use ``tests/tiny_exports.py``.
+Exports are the slow part (5-15 s each on 2 cores): the convert tests share one trace of the
+vit-tiny recipe (``tests/trace_cache.py``: only the tracing is shared, everything else runs),
+and the read-only tests use ``tests/tiny_exports.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ from tiny_exports import tiny_exports
 from trt_onnx_graphs import export_like_model, single_op_model
 
 QM_EXPORT = [sys.executable, "-c", "import sys; from qm_export.cli import main; sys.exit(main())"]
+#: The same, with this run's shared traces (``trace_cache.py``): the model is traced once per run.
+QM_EXPORT_SHARED_TRACES = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                           "import trace_cache; trace_cache.install(); "
+                           "from qm_export.cli import main; sys.exit(main())"]
 
 
 def _invoke(args: list[str]):
@@ -42,29 +46,6 @@ def _invoke(args: list[str]):
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
-
-
-# ---- a shared trace: convert without the 10 s of tracing ---------------------------------------
-
-_TRACES: dict = {}
-
-
-@pytest.fixture
-def fast_convert(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``convert`` of the default vit-tiny recipe reuses one trace per process."""
-    import qm_export.export.convert as conv
-    from qm_export.export.onnx_export import trace_to_ir
-
-    real = conv.export_onnx
-
-    def export(loaded, path, **kw):
-        key = (loaded.family, loaded.schedule.describe() if loaded.merge_layers else "none", loaded.precision,
-               kw.get("opset"))
-        if key not in _TRACES:
-            _TRACES[key] = trace_to_ir(loaded, kw.get("opset", 20))
-        return real(loaded, path, traced=_TRACES[key], **kw)
-
-    monkeypatch.setattr(conv, "export_onnx", export)
 
 
 def _fail_first_result(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,7 +65,7 @@ def _fail_first_result(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- section 2: no unverified artifact left behind ---------------------------------------------
 
 
-def test_verified_model_is_moved_into_place_and_nothing_else_is_left(tmp_path, fast_convert) -> None:
+def test_verified_model_is_moved_into_place_and_nothing_else_is_left(tmp_path) -> None:
     out = tmp_path / "v.onnx"
     res = _invoke(["convert", "vit-tiny", "-o", out, "--json"])
     assert res.exit_code == 0, res.output
@@ -95,7 +76,7 @@ def test_verified_model_is_moved_into_place_and_nothing_else_is_left(tmp_path, f
     onnx.checker.check_model(str(out), full_check=True)
 
 
-def test_failed_parity_removes_the_model(tmp_path, fast_convert, monkeypatch) -> None:
+def test_failed_parity_removes_the_model(tmp_path, monkeypatch) -> None:
     _fail_first_result(monkeypatch)
     out = tmp_path / "v.onnx"
     res = _invoke(["convert", "vit-tiny", "-o", out, "--json"])
@@ -109,7 +90,7 @@ def test_failed_parity_removes_the_model(tmp_path, fast_convert, monkeypatch) ->
     assert "Traceback" not in res.output
 
 
-def test_keep_failed_keeps_it_under_a_name_that_says_so(tmp_path, fast_convert, monkeypatch) -> None:
+def test_keep_failed_keeps_it_under_a_name_that_says_so(tmp_path, monkeypatch) -> None:
     _fail_first_result(monkeypatch)
     out = tmp_path / "v.onnx"
     kept = tmp_path / "v.failed.onnx"
@@ -126,7 +107,7 @@ def test_keep_failed_keeps_it_under_a_name_that_says_so(tmp_path, fast_convert, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.failed.onnx"]
 
 
-def test_an_exception_during_parity_removes_the_model(tmp_path, fast_convert, monkeypatch) -> None:
+def test_an_exception_during_parity_removes_the_model(tmp_path, monkeypatch) -> None:
     import qm_export.export.convert as conv
     from qm_export.export.verify import VerifyError
 
@@ -141,7 +122,7 @@ def test_an_exception_during_parity_removes_the_model(tmp_path, fast_convert, mo
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ctrl_c_during_parity_with_keep_failed_keeps_it_and_says_where(tmp_path, fast_convert, monkeypatch) -> None:
+def test_ctrl_c_during_parity_with_keep_failed_keeps_it_and_says_where(tmp_path, monkeypatch) -> None:
     import qm_export.export.convert as conv
 
     def interrupted(*args, **kw):
@@ -155,7 +136,7 @@ def test_ctrl_c_during_parity_with_keep_failed_keeps_it_and_says_where(tmp_path,
     assert "Traceback" not in res.output
 
 
-def test_no_verify_writes_with_a_notice_and_no_merge_reports_no_merge_impl(tmp_path, fast_convert) -> None:
+def test_no_verify_writes_with_a_notice_and_no_merge_reports_no_merge_impl(tmp_path) -> None:
     out = tmp_path / "b.onnx"
     res = _invoke(["convert", "vit-tiny", "-o", out, "--no-merge", "--no-verify", "--json"])
     assert res.exit_code == 0, res.output
@@ -179,8 +160,7 @@ def test_staged_model_with_external_data_is_committed_or_kept_as_a_pair(tmp_path
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
     loaded = load_source("vit-tiny", debug_outputs=True)
-    key = ("vit", loaded.schedule.describe(), loaded.precision, 20)
-    traced = _TRACES.setdefault(key, onnx_export.trace_to_ir(loaded, 20))
+    traced = onnx_export.trace_to_ir(loaded, 20)
     feeds = {"pixel_values": loaded.example_inputs[0].numpy()}
     for keep in (False, True):
         folder = tmp_path / f"keep{keep}"
@@ -204,8 +184,8 @@ def test_staged_model_with_external_data_is_committed_or_kept_as_a_pair(tmp_path
 def test_sigint_during_parity_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
     """A real SIGINT to a real ``qm-export convert vit-tiny`` while it checks parity."""
     out = tmp_path / "v.onnx"
-    proc = subprocess.Popen([*QM_EXPORT, "convert", "vit-tiny", "-o", str(out), "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*QM_EXPORT_SHARED_TRACES, "convert", "vit-tiny", "-o", str(out), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen, staged = "", []
     try:
         sel = selectors.DefaultSelector()
@@ -602,7 +582,7 @@ def test_hf_dim_names_map_to_batch_and_sequence() -> None:
                                               ("attention_mask", 0): "batch", ("attention_mask", 1): "sequence"}
 
 
-def test_convert_reports_every_stage_and_its_table_fits_80_columns(tmp_path, fast_convert) -> None:
+def test_convert_reports_every_stage_and_its_table_fits_80_columns(tmp_path) -> None:
     from rich.console import Console
 
     from qm_export.export.convert import ConvertOptions, run_convert

@@ -37,7 +37,7 @@ def repo(tmp_path_factory) -> Path:
 def test_side_by_side_with_a_launched_server(repo: Path, tmp_path: Path) -> None:
     png = tmp_path / "bench.png"
     res = CliRunner().invoke(main, ["serve-bench", "--launch", str(repo), "--model", "vit-tiny", "--model",
-                                    "vit-tiny-nomerge", "--concurrency", "1,3", "--duration", "1", "--rounds", "2",
+                                    "vit-tiny-nomerge", "--concurrency", "1,3", "--duration", "0.5", "--rounds", "2",
                                     "--direct", "--threads", "1", "--json", "--plot", str(png)])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
@@ -112,7 +112,7 @@ def test_killing_the_server_mid_run_gives_a_partial_report(repo: Path) -> None:
 
 def test_the_http_protocol_measures_too(repo: Path) -> None:
     res = CliRunner().invoke(main, ["serve-bench", "--launch", str(repo), "--model", "vit-tiny", "--protocol", "http",
-                                    "--concurrency", "2", "--duration", "1", "--rounds", "1", "--json"])
+                                    "--concurrency", "2", "--duration", "0.5", "--rounds", "1", "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["complete"] is True and doc["protocol"] == "http" and doc["comparison"] == []

@@ -22,17 +22,18 @@ def _json(result) -> dict:
 
 def test_sweep_table_json_and_plot(tmp_path: Path) -> None:
     plot = tmp_path / "sweep.png"
-    result = CliRunner().invoke(main, ["sweep", "vit-tiny", "--keep-ratios", "1,0.5,0.25", "--runs", "2",
+    # Ratios whose models other tests trace too (tests/trace_cache.py): 0.5 is vit-tiny's
+    # default; the multi-pass ToMe export at 0.25 is round-tripped in test_tome_export.py.
+    result = CliRunner().invoke(main, ["sweep", "vit-tiny", "--keep-ratios", "1,0.5", "--runs", "2",
                                        "--quality-batch", "4", "--compare", "tome", "--json", "--plot", str(plot)])
     assert result.exit_code == 0, result.output
     report = _json(result)
     rows = report["rows"]
-    assert [(r["method"], r["keep_ratio"]) for r in rows] == [
-        ("unmerged", 1.0), ("quickmerge", 0.5), ("quickmerge", 0.25), ("tome", 0.5), ("tome", 0.25)]
+    assert [(r["method"], r["keep_ratio"]) for r in rows] == [("unmerged", 1.0), ("quickmerge", 0.5), ("tome", 0.5)]
     assert rows[0]["cosine_mean"] == pytest.approx(1.0)
     # ToMe is exported at QuickMerge++'s token counts
-    assert [r["tokens_per_layer"] for r in rows[3:]] == [r["tokens_per_layer"] for r in rows[1:3]]
-    assert [r["tokens_per_layer"][-1] for r in rows] == [17, 9, 5, 9, 5]
+    assert rows[2]["tokens_per_layer"] == rows[1]["tokens_per_layer"]
+    assert [r["tokens_per_layer"][-1] for r in rows] == [17, 9, 9]
     assert all(-1.0 <= r["cosine_min"] <= r["cosine_mean"] <= 1.0 + 1e-9 for r in rows)
     assert rows[1]["cosine_mean"] < 1.0  # merging changes the output
     assert plot.read_bytes()[:8] == PNG_MAGIC

@@ -115,6 +115,8 @@ def test_pickled_tensors_load_and_the_format_is_recorded(good: Path, tmp_path: P
     torch.save(load_file(good / "model.safetensors"), folder / "pytorch_model.bin")
     assert weights_format(folder) == "pickle (weights_only)" and weights_format(good) == "safetensors"
     out = tmp_path / "out.onnx"
-    res = CliRunner().invoke(main, ["convert", str(folder), "-o", str(out), "--no-verify"])
+    # test_convert_hf's BERT options: the same weights trace to the same model (tests/trace_cache.py)
+    res = CliRunner().invoke(main, ["convert", str(folder), "-o", str(out), "--no-verify", "--merge", "1:0.5",
+                                    "--seq-len", "24"])
     assert res.exit_code == 0, res.output
     assert Provenance.of_file(out).weights == "pickle (weights_only)"

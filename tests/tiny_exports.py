@@ -31,7 +31,8 @@ def run_folder(run_id: str) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _folder() -> Path:
+def shared_folder() -> Path:
+    """The folder this run's tests share (the xdist workers' common one, else this process's)."""
     run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if run_id:  # an xdist worker: the folder of this run, removed by the controller
         folder = run_folder(run_id)
@@ -52,7 +53,7 @@ def tiny_export(key: str) -> Path:
     from qm_export.export.convert import ConvertOptions, run_convert
 
     source, no_merge, name = _MODELS[key]
-    out = _folder() / name
+    out = shared_folder() / name
     with FileLock(str(out) + ".lock"):
         if not out.exists():  # run_convert moves the file into place only once it is complete
             run_convert(ConvertOptions(source=source, output=out, no_merge=no_merge, verify=False),

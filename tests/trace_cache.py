@@ -1,17 +1,21 @@
-"""One trace per distinct model per test process (issue 10: the suite's time on 2 cores).
+"""One trace per distinct model per test run (issue 10: the suite's time on 2 cores).
 
 Tracing (``torch.export`` + the dynamo ONNX exporter) was more than half of the suite's time:
 a full run traced 57 times, the same default vit-tiny model 15 times and encoder-tiny 6
-times. ``install()`` wraps :func:`qm_export.export.onnx_export.trace_to_ir` so that a model
-identical to one already traced in this process gets a fresh copy of that trace (``export_onnx``
-then rewrites, saves, checks and verifies it as usual: only the tracing is shared).
+times. ``install()`` wraps :func:`qm_export.export.onnx_export.trace_to_ir` for the test
+process, fixtures included, so that a model identical to one already traced gets a fresh copy
+of that trace (``export_onnx`` then rewrites, saves, checks and verifies it as usual: only the
+tracing is shared). Under pytest-xdist the workers of one run share the traces through the
+run's folder (``tiny_exports.shared_folder``): the first to need a model traces it under a file
+lock, the others read it.
 
 "Identical" is a fingerprint of everything the trace reads: the module tree (each module's
-type and its plain attributes: configs, schedules, method), every parameter's and buffer's
-bytes, the trace inputs (shapes, dtypes, bytes), the dynamic shapes, the input and output names
-and the opset. A test that changes how tracing behaves (patches a merge op, a kernel) marks
-itself ``@pytest.mark.fresh_trace`` and always traces. Tracing is deterministic, so a shared
-trace is the trace the test would have made; ``QM_TEST_TRACE_CACHE=0`` turns the cache off.
+type and its plain attributes: configs, schedules, method, training mode), every parameter's
+and buffer's bytes, the trace inputs (shapes, dtypes, bytes), the dynamic shapes, the input and
+output names and the opset. A test that changes how tracing behaves (patches a merge op, a
+kernel) marks itself ``@pytest.mark.fresh_trace`` and always traces. Tracing is deterministic,
+so a shared trace is the trace the test would have made; ``QM_TEST_TRACE_CACHE=0`` turns the
+cache off.
 """
 
 from __future__ import annotations
@@ -20,12 +24,18 @@ import dataclasses
 import enum
 import hashlib
 import os
+import re
 from typing import Any
 
 _CACHE: dict[str, bytes] = {}
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _PLAIN = (str, int, float, bool, type(None), enum.Enum)
-_SKIP = {"training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"}
-STATE = {"enabled": os.environ.get("QM_TEST_TRACE_CACHE", "1") != "0", "hits": 0, "misses": 0}
+#: Attributes no forward reads: the tensors (hashed by value below), the tree (walked), hooks,
+#: and the folder a Hugging Face model was loaded from (the same weights saved to two test
+#: folders trace to the same model).
+_SKIP = {"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "name_or_path"}
+STATE: dict[str, Any] = {"enabled": os.environ.get("QM_TEST_TRACE_CACHE", "1") != "0", "fresh": False,
+                         "hits": 0, "misses": 0}
 
 
 def _plain(value: Any) -> str | None:
@@ -33,7 +43,8 @@ def _plain(value: Any) -> str | None:
     if isinstance(value, _PLAIN):
         return repr(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return repr(value)
+        # without the addresses of the functions it holds, which differ between processes
+        return _ADDRESS.sub("", repr(value))
     if isinstance(value, (tuple, list, frozenset, set)):
         parts = [_plain(v) for v in value]
         return None if any(p is None for p in parts) else f"{type(value).__name__}({sorted(parts) if isinstance(value, (set, frozenset)) else parts})"
@@ -57,7 +68,7 @@ def fingerprint(loaded: Any, opset: int) -> str:
     for name, sub in module.named_modules():
         add(f"{name}:{type(sub).__module__}.{type(sub).__qualname__}")
         for key, value in sorted(vars(sub).items()):
-            if key.startswith("_") and key in _SKIP or key.startswith("_forward") or key.startswith("_backward"):
+            if key in _SKIP or key.startswith(("_forward", "_backward")):
                 continue
             text = _plain(value)
             if text is not None:
@@ -74,25 +85,77 @@ def fingerprint(loaded: Any, opset: int) -> str:
     return h.hexdigest()
 
 
-def install(request: Any, monkeypatch: Any) -> None:
-    """Wrap ``trace_to_ir`` for one test (unless it is marked ``fresh_trace``)."""
-    if not STATE["enabled"] or request.node.get_closest_marker("fresh_trace"):
-        return
+def _store_path(key: str):
+    """Where the xdist workers of one run share trace ``key`` (None outside xdist)."""
+    if not os.environ.get("PYTEST_XDIST_TESTRUNUID"):
+        return None
+    from tiny_exports import shared_folder
+
+    folder = shared_folder() / "traces"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{key}.onnx"
+
+
+def _traced_bytes(real: Any, loaded: Any, opset: int, key: str) -> bytes:
+    """The serialized trace of ``key``: from this process, from another worker of the run, or
+    traced now (under a file lock, so that two workers never trace the same model)."""
+    if key in _CACHE:
+        STATE["hits"] += 1
+        return _CACHE[key]
     import onnx_ir as ir
 
+    path = _store_path(key)
+    if path is None:
+        STATE["misses"] += 1
+        _CACHE[key] = ir.to_proto(real(loaded, opset)).SerializeToString()
+        return _CACHE[key]
+    from filelock import FileLock
+
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            STATE["hits"] += 1
+            data = path.read_bytes()
+        else:
+            STATE["misses"] += 1
+            data = ir.to_proto(real(loaded, opset)).SerializeToString()
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+    _CACHE[key] = data
+    return data
+
+
+def install() -> None:
+    """Wrap :func:`~qm_export.export.onnx_export.trace_to_ir` for the whole test process
+    (fixtures of every scope included); a test marked ``fresh_trace`` traces for real
+    (``conftest.py`` sets ``STATE["fresh"]`` around it). ``QM_TEST_TRACE_LOG=FILE`` appends one
+    line per call (pid, hit or miss, seconds, key, test) to ``FILE``."""
+    if not STATE["enabled"]:
+        return
     import qm_export.export.onnx_export as onnx_export
 
     real = onnx_export.trace_to_ir
+    if getattr(real, "_qm_trace_cache", False):
+        return
 
     def cached(loaded: Any, opset: int):
-        key = fingerprint(loaded, opset)
-        if key not in _CACHE:
-            STATE["misses"] += 1
-            _CACHE[key] = ir.to_proto(real(loaded, opset)).SerializeToString()
-        else:
-            STATE["hits"] += 1
+        if STATE["fresh"]:
+            return real(loaded, opset)
+        import time
+
         import onnx
+        import onnx_ir as ir
 
-        return ir.from_proto(onnx.ModelProto.FromString(_CACHE[key]))
+        start, misses = time.perf_counter(), STATE["misses"]
+        key = fingerprint(loaded, opset)
+        data = _traced_bytes(real, loaded, opset, key)
+        log = os.environ.get("QM_TEST_TRACE_LOG")
+        if log:
+            kind = "miss" if STATE["misses"] > misses else "hit"
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()} {kind} {time.perf_counter() - start:.2f} {key[:12]} "
+                        f"{os.environ.get('PYTEST_CURRENT_TEST', '?')}\n")
+        return ir.from_proto(onnx.ModelProto.FromString(data))
 
-    monkeypatch.setattr(onnx_export, "trace_to_ir", cached)
+    cached._qm_trace_cache = True  # type: ignore[attr-defined]
+    onnx_export.trace_to_ir = cached

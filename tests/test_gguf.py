@@ -144,3 +144,32 @@ def test_smollm2_greedy_completes_paris(smollm2):
     n = ids.shape[1]
     assert cache[-1].key.shape[2] - 3 == (n - 8) // 2 + 8  # the context's cache is halved
     assert tok.decode(merged).strip().startswith("Paris"), tok.decode(merged)
+
+
+def test_a_load_reads_the_file_once_and_builds_one_name_table(tmp_path):
+    """``transformers`` asks for a ``GGUFReader`` three times per load (config, tokenizer,
+    weights) and for gguf's tensor-name table once per module; within ``_read_once`` the same
+    file gives the same reader and the same arguments the same table, and both are put back."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    from qm_export.adapters.hf.gguf import _read_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with _read_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first and isinstance(first, real_reader)
+        assert [t.name for t in first.tensors] == ["token_embd.weight"]
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 30) is gguf.get_tensor_name_map(arch, 30)
+    assert gguf.GGUFReader is real_reader and gguf.get_tensor_name_map is real_map
+    assert real_map(arch, 30) is not real_map(arch, 30)  # what the shared table saves
+    assert gguf.GGUFReader(path) is not first

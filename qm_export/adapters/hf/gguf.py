@@ -7,12 +7,21 @@ config and the tokenizer from the file's metadata:
 ``AutoTokenizer.from_pretrained(folder, gguf_file=name)``. That needs the ``gguf`` and
 ``accelerate`` packages: ``pip install 'qm-export[gguf]'``. Never downloads
 (``local_files_only=True``); a GGUF file holds no code.
+
+``transformers`` parses the file's metadata once for the config, once for the tokenizer and
+once for the weights, and rebuilds gguf's tensor-name table for every module it maps.
+:func:`_read_once` shares one ``GGUFReader`` per file and one name table per architecture for
+the duration of a load: SmolLM2-135M loads in 4.8 s instead of 15.1 s on a 2-core machine
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +55,36 @@ def _require_gguf_packages() -> None:
         raise ImportError(f"GGUF checkpoints need {' and '.join(missing)}: {GGUF_EXTRA}")
 
 
+@contextlib.contextmanager
+def _read_once() -> Iterator[None]:
+    """Within the block, ``gguf.GGUFReader(path)`` returns one reader per file (a read-only
+    memory map; what it parses does not change) and ``gguf.get_tensor_name_map(arch, blocks)``
+    one table per ``(arch, blocks)``. ``transformers`` imports both from ``gguf`` when it calls
+    them, so it sees these; a ``gguf`` without them is left alone."""
+    import gguf
+
+    saved = {name: getattr(gguf, name, None) for name in ("GGUFReader", "get_tensor_name_map")}
+    if any(v is None for v in saved.values()):
+        yield
+        return
+    readers: dict[tuple[str, str], Any] = {}
+    reader_cls = saved["GGUFReader"]
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (os.path.realpath(os.fspath(path)), mode)
+        if key not in readers:
+            readers[key] = reader_cls(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(saved["get_tensor_name_map"])
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(gguf, name, value)
+
+
 def load_gguf(file: str | Path, *, precision: str = "fp32") -> tuple[Any, Any]:
     """Load a GGUF checkpoint as a supported ``transformers`` model (and its tokenizer).
 
@@ -53,8 +92,7 @@ def load_gguf(file: str | Path, *, precision: str = "fp32") -> tuple[Any, Any]:
         ``(model in eval mode, tokenizer)``; ``TypeError`` when the architecture is not one
         the adapters support, ``SourceError`` for a file that cannot be read.
     """
-    from .patch import SUPPORTED
-    from .source import PRECISIONS, _ARCHITECTURES, _quiet_loading, import_transformers
+    from .source import PRECISIONS, import_transformers
 
     file = Path(file)
     if precision not in PRECISIONS:
@@ -62,6 +100,14 @@ def load_gguf(file: str | Path, *, precision: str = "fp32") -> tuple[Any, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = import_transformers()
     _require_gguf_packages()
+    with _read_once():
+        return _load(transformers, file, precision)
+
+
+def _load(transformers: Any, file: Path, precision: str) -> tuple[Any, Any]:
+    from .patch import SUPPORTED
+    from .source import PRECISIONS, _ARCHITECTURES, _quiet_loading
+
     folder, name = file.parent, file.name
     try:
         with _quiet_loading(transformers):

@@ -5,8 +5,8 @@ a full run traced 57 times, the same default vit-tiny model 15 times and encoder
 times. ``install()`` wraps :func:`qm_export.export.onnx_export.trace_to_ir` for the test
 process, fixtures included, so that a model identical to one already traced gets a fresh copy
 of that trace (``export_onnx`` then rewrites, saves, checks and verifies it as usual: only the
-tracing is shared). Under pytest-xdist the workers of one run share the traces through the
-run's folder (``tiny_exports.shared_folder``): the first to need a model traces it under a file
+tracing is shared). The traces are kept in the run's folder (``tiny_exports.shared_folder``),
+which under pytest-xdist the workers share: the first to need a model traces it under a file
 lock, the others read it.
 
 "Identical" is a fingerprint of everything the trace reads: the module tree (each module's
@@ -86,9 +86,7 @@ def fingerprint(loaded: Any, opset: int) -> str:
 
 
 def _store_path(key: str):
-    """Where the xdist workers of one run share trace ``key`` (None outside xdist)."""
-    if not os.environ.get("PYTEST_XDIST_TESTRUNUID"):
-        return None
+    """Where this run's tests share trace ``key`` (under xdist, the workers' common folder)."""
     from tiny_exports import shared_folder
 
     folder = shared_folder() / "traces"
@@ -103,26 +101,19 @@ def _traced_bytes(real: Any, loaded: Any, opset: int, key: str) -> bytes:
         STATE["hits"] += 1
         return _CACHE[key]
     import onnx_ir as ir
-
-    path = _store_path(key)
-    if path is None:
-        STATE["misses"] += 1
-        _CACHE[key] = ir.to_proto(real(loaded, opset)).SerializeToString()
-        return _CACHE[key]
     from filelock import FileLock
 
+    path = _store_path(key)
     with FileLock(str(path) + ".lock"):
         if path.exists():
             STATE["hits"] += 1
-            data = path.read_bytes()
         else:
             STATE["misses"] += 1
-            data = ir.to_proto(real(loaded, opset)).SerializeToString()
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(data)
+            tmp.write_bytes(ir.to_proto(real(loaded, opset)).SerializeToString())
             tmp.replace(path)
-    _CACHE[key] = data
-    return data
+        _CACHE[key] = path.read_bytes()
+    return _CACHE[key]
 
 
 def install() -> None:

@@ -92,7 +92,8 @@ def load_gguf(file: str | Path, *, precision: str = "fp32") -> tuple[Any, Any]:
         ``(model in eval mode, tokenizer)``; ``TypeError`` when the architecture is not one
         the adapters support, ``SourceError`` for a file that cannot be read.
     """
-    from .source import PRECISIONS, import_transformers
+    from .patch import SUPPORTED
+    from .source import PRECISIONS, _ARCHITECTURES, _quiet_loading, import_transformers
 
     file = Path(file)
     if precision not in PRECISIONS:
@@ -100,29 +101,22 @@ def load_gguf(file: str | Path, *, precision: str = "fp32") -> tuple[Any, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = import_transformers()
     _require_gguf_packages()
-    with _read_once():
-        return _load(transformers, file, precision)
-
-
-def _load(transformers: Any, file: Path, precision: str) -> tuple[Any, Any]:
-    from .patch import SUPPORTED
-    from .source import PRECISIONS, _ARCHITECTURES, _quiet_loading
-
     folder, name = file.parent, file.name
-    try:
-        with _quiet_loading(transformers):
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=name, local_files_only=True, trust_remote_code=False)
-    except ValueError as err:
-        if "not supported" in str(err).lower() or "architecture" in str(err).lower():
-            raise TypeError(f"{file}: {first_line(err)}; supported: {SUPPORTED}") from None
-        raise SourceError(f"{file}: the GGUF checkpoint cannot be loaded ({first_line(err)})") from None
-    except Exception as err:  # a truncated file, an unknown quantisation
-        raise SourceError(f"{file}: the GGUF checkpoint cannot be loaded ({first_line(err)})") from None
-    if type(model).__name__ not in _ARCHITECTURES:
-        raise TypeError(f"{file}: model {type(model).__name__} is not supported; supported: {SUPPORTED}")
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    except Exception as err:
-        raise SourceError(f"{file}: its tokenizer cannot be loaded ({first_line(err)})") from None
+    with _read_once():
+        try:
+            with _quiet_loading(transformers):
+                model = transformers.AutoModelForCausalLM.from_pretrained(
+                    folder, gguf_file=name, local_files_only=True, trust_remote_code=False)
+        except ValueError as err:
+            if "not supported" in str(err).lower() or "architecture" in str(err).lower():
+                raise TypeError(f"{file}: {first_line(err)}; supported: {SUPPORTED}") from None
+            raise SourceError(f"{file}: the GGUF checkpoint cannot be loaded ({first_line(err)})") from None
+        except Exception as err:  # a truncated file, an unknown quantisation
+            raise SourceError(f"{file}: the GGUF checkpoint cannot be loaded ({first_line(err)})") from None
+        if type(model).__name__ not in _ARCHITECTURES:
+            raise TypeError(f"{file}: model {type(model).__name__} is not supported; supported: {SUPPORTED}")
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        except Exception as err:
+            raise SourceError(f"{file}: its tokenizer cannot be loaded ({first_line(err)})") from None
     return model.to(PRECISIONS[precision]).eval(), tokenizer

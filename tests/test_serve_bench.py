@@ -77,6 +77,20 @@ def test_an_unknown_model_or_no_server_is_one_line(repo: Path) -> None:
     assert json.loads(res.stdout)["passed"] is False
 
 
+def _wait_for_requests(srv: TritonServer, model: str, count: int, bench: subprocess.Popen) -> None:
+    """Until the server has answered ``count`` requests for ``model`` (its own statistics)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(srv.grpc_url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and bench.poll() is None:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        if int(stats["inference_stats"]["success"].get("count", 0)) >= count:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"serve-bench made fewer than {count} requests to {model}: {bench.communicate(timeout=5)}")
+
+
 def test_killing_the_server_mid_run_gives_a_partial_report(repo: Path) -> None:
     srv = TritonServer(repo).start()
     try:
@@ -84,7 +98,7 @@ def test_killing_the_server_mid_run_gives_a_partial_report(repo: Path) -> None:
                "--model", "vit-tiny", "--model", "vit-tiny-nomerge", "--concurrency", "1,4", "--duration", "60",
                "--rounds", "6", "--timeout", "10", "--json"]
         bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(8)  # some windows done
+        _wait_for_requests(srv, "vit-tiny", 5, bench)  # the first window under way
         assert bench.poll() is None, bench.communicate()
         os.kill(srv.process.pid, signal.SIGKILL)  # the server, by its process id
         start = time.monotonic()

@@ -182,7 +182,9 @@ def run_sweep(options: SweepOptions, progress: Progress | None = None) -> SweepR
     methods = ["quickmerge", *[m for m in options.compare if m != "quickmerge"]]
     say(f"loading {options.source}")
     layers = _layers(options)
-    base = load_source(options.source, no_merge=True, seed=options.seed, seq_len=options.seq_len)
+    # Loaded as `convert` loads them (debug outputs traced, then stripped by export_onnx): the
+    # sweep times the graph `convert` writes for the same schedule and defaults.
+    base = load_source(options.source, no_merge=True, seed=options.seed, seq_len=options.seq_len, debug_outputs=True)
     feeds_quality = source_input_sets(base, seed=options.seed, batch=options.quality_batch, seq_len=options.seq_len)[0]
     feeds_time = source_input_sets(base, seed=options.seed, batch=options.batch, seq_len=options.seq_len)[0]
     plan = [(layer, m, r) for layer in layers for m in methods for r in ratios if r < 1.0]
@@ -192,7 +194,7 @@ def run_sweep(options: SweepOptions, progress: Progress | None = None) -> SweepR
         spec = f"{layer}:{ratio!r}"  # "-1:0.5" is the embed merge
         kwargs = {"method": method} if method != "quickmerge" else {}
         models.append((layer, method, ratio, load_source(options.source, schedule=spec, seed=options.seed,
-                                                         seq_len=options.seq_len, **kwargs)))
+                                                         seq_len=options.seq_len, debug_outputs=True, **kwargs)))
     report = SweepReport(source=options.source, layers=layers, output=str(base.output_names[0]), batch=options.batch,
                          threads=options.threads, runs=options.runs)
     settings = OrtSettings(threads=options.threads)

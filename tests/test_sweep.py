@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from qm_export.cli import main
+from tiny_exports import tiny_export
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -20,15 +21,28 @@ def _json(result) -> dict:
     return json.loads(result.stdout[result.stdout.index("{"):])
 
 
+def _nodes(path: Path) -> list[tuple]:
+    import onnx
+
+    return [(n.op_type, n.domain, tuple(n.input), tuple(n.output)) for n in onnx.load(str(path)).graph.node]
+
+
 def test_sweep_table_json_and_plot(tmp_path: Path) -> None:
     plot = tmp_path / "sweep.png"
     # Ratios whose models other tests trace too (tests/trace_cache.py): 0.5 is vit-tiny's
     # default; the multi-pass ToMe export at 0.25 is round-tripped in test_tome_export.py.
+    models = tmp_path / "models"
+    models.mkdir()
     result = CliRunner().invoke(main, ["sweep", "vit-tiny", "--keep-ratios", "1,0.5", "--runs", "2",
-                                       "--quality-batch", "4", "--compare", "tome", "--json", "--plot", str(plot)])
+                                       "--quality-batch", "4", "--compare", "tome", "--json", "--plot", str(plot),
+                                       "--out-dir", str(models)])
     assert result.exit_code == 0, result.output
     report = _json(result)
     rows = report["rows"]
+    assert [Path(r["path"]).name for r in rows] == ["unmerged.onnx", "quickmerge-1-0.5.onnx", "tome-1-0.5.onnx"]
+    # the sweep times the graph `convert` writes: node for node, value names included
+    for row, key in zip(rows, ("baseline", "merged")):
+        assert _nodes(Path(row["path"])) == _nodes(tiny_export(key)), row["path"]
     assert [(r["method"], r["keep_ratio"]) for r in rows] == [("unmerged", 1.0), ("quickmerge", 0.5), ("tome", 0.5)]
     assert rows[0]["cosine_mean"] == pytest.approx(1.0)
     # ToMe is exported at QuickMerge++'s token counts

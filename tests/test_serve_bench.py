@@ -98,7 +98,9 @@ def test_killing_the_server_mid_run_gives_a_partial_report(repo: Path) -> None:
                "--model", "vit-tiny", "--model", "vit-tiny-nomerge", "--concurrency", "1,4", "--duration", "60",
                "--rounds", "6", "--timeout", "10", "--json"]
         bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for_requests(srv, "vit-tiny", 5, bench)  # the first window under way
+        # serve-bench warms each model up with 5 requests, then times vit-tiny at concurrency 1:
+        # 10 requests more are timed ones
+        _wait_for_requests(srv, "vit-tiny", 5 + 10, bench)
         assert bench.poll() is None, bench.communicate()
         os.kill(srv.process.pid, signal.SIGKILL)  # the server, by its process id
         start = time.monotonic()

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+import trace_cache
 
 THREADS = int(os.environ.get("QM_TEST_THREADS", "1"))
 torch.set_num_threads(THREADS)
@@ -58,24 +59,16 @@ SLOW_MODULES = ("test_generation.py", "test_tome_export.py", "test_convert.py", 
                 "test_precision.py", "test_pipeline.py")
 
 
-def _share_traces() -> None:
-    """A model traced once in this run is not traced again (``trace_cache.py``)."""
-    from trace_cache import install
-
-    install()
-
-
-_share_traces()
+# A model traced once in this run is not traced again (``trace_cache.py``), fixtures included.
+trace_cache.install()
 
 
 @pytest.fixture(autouse=True)
 def _fresh_trace(request) -> Iterator[None]:
     """Tests marked ``fresh_trace`` trace for real."""
-    from trace_cache import STATE
-
-    STATE["fresh"] = request.node.get_closest_marker("fresh_trace") is not None
+    trace_cache.STATE["fresh"] = request.node.get_closest_marker("fresh_trace") is not None
     yield
-    STATE["fresh"] = False
+    trace_cache.STATE["fresh"] = False
 
 
 def pytest_collection_modifyitems(config, items) -> None:

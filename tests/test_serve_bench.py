@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from qm_export.cli import main
+from qm_export.serve.bench import BenchOptions, _client, _client_module, _counts
 from qm_export.serve.server import TritonServer, free_port, unavailable_reason
 from tiny_exports import tiny_export
 
@@ -77,18 +78,18 @@ def test_an_unknown_model_or_no_server_is_one_line(repo: Path) -> None:
     assert json.loads(res.stdout)["passed"] is False
 
 
-def _wait_for_requests(srv: TritonServer, model: str, count: int, bench: subprocess.Popen) -> None:
-    """Until the server has answered ``count`` requests for ``model`` (its own statistics)."""
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(srv.grpc_url)
+def _wait_for_rows(srv: TritonServer, model: str, rows: int, bench: subprocess.Popen) -> None:
+    """Until the server has run ``rows`` rows of ``model``, read from its statistics as
+    serve-bench reads them."""
+    mod = _client_module("grpc")
+    client = _client(mod, srv.grpc_url, 10)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and bench.poll() is None:
-        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-        if int(stats["inference_stats"]["success"].get("count", 0)) >= count:
+        counts = _counts(mod, client, model, 10)
+        if counts and counts[0] >= rows:
             return
         time.sleep(0.2)
-    pytest.fail(f"serve-bench made fewer than {count} requests to {model}: {bench.communicate(timeout=5)}")
+    pytest.fail(f"serve-bench ran fewer than {rows} rows of {model}: {bench.communicate(timeout=5)}")
 
 
 def test_killing_the_server_mid_run_gives_a_partial_report(repo: Path) -> None:
@@ -98,9 +99,9 @@ def test_killing_the_server_mid_run_gives_a_partial_report(repo: Path) -> None:
                "--model", "vit-tiny", "--model", "vit-tiny-nomerge", "--concurrency", "1,4", "--duration", "60",
                "--rounds", "6", "--timeout", "10", "--json"]
         bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # serve-bench warms each model up with 5 requests, then times vit-tiny at concurrency 1:
-        # 10 requests more are timed ones
-        _wait_for_requests(srv, "vit-tiny", 5 + 10, bench)
+        # serve-bench warms each model up, then times vit-tiny at concurrency 1 (one row per
+        # request): 10 rows more are timed ones
+        _wait_for_rows(srv, "vit-tiny", BenchOptions.warmup + 10, bench)
         assert bench.poll() is None, bench.communicate()
         os.kill(srv.process.pid, signal.SIGKILL)  # the server, by its process id
         start = time.monotonic()
